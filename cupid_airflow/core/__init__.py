@@ -1,0 +1,1 @@
+"""The pure core of cupid-airflow: no Airflow imports below this package."""

@@ -1,0 +1,464 @@
+"""Load and validate cupid config files (the original JSON format, comments allowed, or YAML)."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import warnings
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from cupid_airflow.core.dsn import DsnError, mask_dsn, parse_dsn
+from cupid_airflow.core.sql import IDENTIFIER_RULE, TABLE_RULE, ConnectionParams, is_identifier, is_table_name
+from cupid_airflow.core.timeformat import TimeFormatError, php_to_mysql_format
+
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+STEM_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+
+
+class CupidConfigWarning(UserWarning):
+    """A config value that is accepted but worth the user's attention."""
+
+
+class CupidConfigError(ValueError):
+    """A config file that cannot be used; names the file, the key path, the value and what is accepted."""
+
+    def __init__(self, path: str | Path, problems: list[str]) -> None:
+        self.path = str(path)
+        self.problems = problems
+        super().__init__(f"{self.path}: " + "; ".join(problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, strict=False
+    )
+
+
+def _check_identifier(value: str) -> str:
+    if not is_identifier(value):
+        raise ValueError(f"{value!r} is not a valid column name (accepted: {IDENTIFIER_RULE})")
+    return value
+
+
+def _check_table(value: str) -> str:
+    if not is_table_name(value):
+        raise ValueError(f"{value!r} is not a valid table name (accepted: {TABLE_RULE})")
+    return value
+
+
+class _Connection(_Model):
+    """Where a database is: an Airflow connection id, or a Go or PDO DSN."""
+
+    conn_id: str | None = None
+    dsn: str | None = Field(default=None, repr=False)
+    user: str | None = None
+    password: str | None = Field(default=None, repr=False)
+
+    @model_validator(mode="after")
+    def _one_way_to_connect(self) -> _Connection:
+        if self.conn_id and self.dsn:
+            raise ValueError("give either connId or dsn, not both")
+        if not self.conn_id and not self.dsn:
+            raise ValueError("a connection is needed: connId (an Airflow connection id) or dsn")
+        if self.dsn:
+            try:
+                parse_dsn(self.dsn, self.user, self.password)
+            except DsnError as err:
+                raise ValueError(str(err)) from None
+        elif self.user is not None or self.password is not None:
+            raise ValueError("'user' and 'password' go only with a PDO dsn; an Airflow connection has its own")
+        return self
+
+    def connection_params(self) -> ConnectionParams:
+        """The parsed DSN; only for ``dsn`` connections (``conn_id`` ones are resolved by Airflow)."""
+        if not self.dsn:
+            raise ValueError("this connection is an Airflow connection id, not a DSN")
+        return parse_dsn(self.dsn, self.user, self.password)
+
+    def describe(self) -> str:
+        """A password-free description for logs, docs and errors."""
+        return f"connection {self.conn_id!r}" if self.conn_id else f"dsn {mask_dsn(self.dsn or '')!r}"
+
+
+class StateConnection(_Connection):
+    """Where the delivery store lives (default: the source connection)."""
+
+
+class Source(_Connection):
+    """The watched source table (``src``)."""
+
+    table: str
+    by_column: str
+    id_column: str = "id"
+    insert: bool = True
+    insert_interval_millisecond: int = Field(default=2000, ge=100)
+    update: bool = False
+    update_column: str | None = None
+    update_interval_millisecond: int = Field(default=2000, ge=100)
+    update_scan_second: int = Field(default=5, ge=0)
+    update_time_formate: str | None = Field(
+        default=None, validation_alias=AliasChoices("updateTimeFormate", "updateTimeFormat", "update_time_formate")
+    )
+    late_commit_second: int = Field(default=10, ge=0)
+    late_commit_max_rows: int = Field(default=20000, ge=0)
+    batch_size: int = Field(default=5000, ge=1, le=100000)
+    max_rows_per_run: int = Field(default=500000, ge=1)
+    max_seconds_per_run: float = Field(default=20.0, gt=0)
+    lookup_connections: int = Field(default=4, ge=1, le=32)
+    cache_file_path: str | None = None
+    pushbear_send_key: str | None = Field(default=None, repr=False)
+
+    _table = field_validator("table")(_check_table)
+    _columns = field_validator("by_column", "id_column", "update_column")(
+        lambda v: None if v is None else _check_identifier(v)
+    )
+
+    @field_validator("update_time_formate")
+    @classmethod
+    def _known_time_format(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                php_to_mysql_format(value)
+            except TimeFormatError as err:
+                raise ValueError(str(err)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _watch_something(self) -> Source:
+        if not self.insert and not self.update:
+            raise ValueError("insert and update are both false: nothing would ever be compared")
+        if self.update and not self.update_column:
+            raise ValueError("update is true, so updateColumn is required (an indexed last-modified column)")
+        return self
+
+
+class CallbackNotification(_Model):
+    """Where a destination's mismatches are POSTed."""
+
+    url: str | None = None
+    http_conn_id: str | None = None
+    endpoint: str = ""
+    timeout_second: float = Field(default=5.0, gt=0, le=300)
+    headers: dict[str, str] = Field(default_factory=dict)
+    hmac_secret_variable: str | None = None
+    hmac_secret_conn_id: str | None = None
+    rate_limit_per_second: float | None = Field(default=None, gt=0)
+    recheck: bool = True
+
+    @model_validator(mode="after")
+    def _one_target(self) -> CallbackNotification:
+        if bool(self.url) == bool(self.http_conn_id):
+            raise ValueError("give exactly one of url or httpConnId (an Airflow HTTP connection id)")
+        if self.hmac_secret_variable and self.hmac_secret_conn_id:
+            raise ValueError("give at most one of hmacSecretVariable and hmacSecretConnId")
+        return self
+
+    @field_validator("url")
+    @classmethod
+    def _url_with_scheme(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not value:
+            raise ValueError("url is empty")
+        scheme, sep, rest = value.partition("://")
+        if not sep:
+            warnings.warn(
+                f"callback url {value!r} has no scheme; using 'http://{value}'",
+                CupidConfigWarning,
+                stacklevel=2,
+            )
+            scheme, rest = "http", value
+        if scheme.lower() not in ("http", "https"):
+            raise ValueError(f"url {value!r}: scheme {scheme!r} is not accepted (accepted: http, https)")
+        host = rest.split("/", 1)[0]
+        if not host or " " in value:
+            raise ValueError(f"url {value!r} is not a valid URL (expected e.g. http://host:port/path)")
+        return f"{scheme.lower()}://{rest}"
+
+
+class Destination(_Connection):
+    """One destination table (``des[]``)."""
+
+    name: str | None = None
+    table: str
+    columns: dict[str, str] = Field(min_length=1)
+    by_column: str
+    callback_notification: CallbackNotification
+    worker_number: int | None = Field(default=None, ge=1, le=256)
+
+    _table = field_validator("table")(_check_table)
+    _by_column = field_validator("by_column")(_check_identifier)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not is_identifier(value):
+            raise ValueError(f"{value!r} is not a valid destination name (accepted: {IDENTIFIER_RULE})")
+        return value
+
+    @field_validator("columns")
+    @classmethod
+    def _mapping(cls, value: dict[str, str]) -> dict[str, str]:
+        for source_column, destination_column in value.items():
+            for column in (source_column, destination_column):
+                _check_identifier(column)
+        return value
+
+
+class Webhook(_Model):
+    """A generic JSON webhook (WeCom, DingTalk, Feishu, Slack incoming webhooks)."""
+
+    url: str
+    format: Literal["text", "slack", "wecom", "dingtalk", "feishu", "json"] = "json"
+    timeout_second: float = Field(default=5.0, gt=0, le=60)
+
+
+class NotifierSpec(_Model):
+    """Any Airflow notifier, by class path and keyword arguments."""
+
+    class_path: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class Notify(_Model):
+    """Alerts: the replacement for PushBear."""
+
+    webhooks: list[Webhook] = Field(default_factory=list)
+    notifiers: list[NotifierSpec] = Field(default_factory=list)
+    on_parked: bool = True
+    on_dead: bool = True
+    on_task_failure: bool = True
+
+
+class FailurePool(_Model):
+    """The 10-minute retry of parked deliveries."""
+
+    schedule_second: int = Field(default=600, ge=5)
+    max_attempts: int | None = Field(default=None, ge=1)
+    max_age_second: int | None = Field(default=None, ge=60)
+    batch_size: int = Field(default=10000, ge=1)
+
+
+class CupidConfig(_Model):
+    """One cupid config file: one source table, one or more destinations."""
+
+    name: str
+    path: str = ""
+    worker_number: int = Field(default=3, ge=1, le=256)
+    log_dir: str | None = None
+    failure_job_retry_second: int = Field(default=10, ge=1)
+    retries: int = Field(default=3, ge=0, le=20)
+    src: Source
+    des: list[Destination] = Field(min_length=1)
+    state: StateConnection | None = None
+    failure_pool: FailurePool = Field(default_factory=FailurePool)
+    notify: Notify = Field(default_factory=Notify)
+    tags: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_destination_names(self) -> CupidConfig:
+        seen: set[str] = set()
+        for name in self.destination_names:
+            if name in seen:
+                raise ValueError(f"two destinations are named {name!r}; destination names must be unique")
+            seen.add(name)
+        return self
+
+    @property
+    def destination_names(self) -> list[str]:
+        return [d.name or f"des{i}" for i, d in enumerate(self.des)]
+
+    @property
+    def sync_dag_id(self) -> str:
+        return f"cupid_{self.name}_sync"
+
+    @property
+    def failure_pool_dag_id(self) -> str:
+        return f"cupid_{self.name}_failure_pool"
+
+    @property
+    def schedule(self) -> timedelta:
+        """How often the sync DAG runs: the shorter of the enabled watch intervals."""
+        intervals = []
+        if self.src.insert:
+            intervals.append(self.src.insert_interval_millisecond)
+        if self.src.update:
+            intervals.append(self.src.update_interval_millisecond)
+        return timedelta(milliseconds=min(intervals))
+
+    @property
+    def state_connection(self) -> _Connection:
+        return self.state or self.src
+
+
+def strip_json_comments(text: str) -> str:
+    """Remove ``//`` and ``/* */`` comments and trailing commas outside of JSON strings."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    in_string = False
+    while i < n:
+        ch = text[i]
+        if in_string:
+            out.append(ch)
+            if ch == "\\" and i + 1 < n:
+                out.append(text[i + 1])
+                i += 2
+                continue
+            if ch == '"':
+                in_string = False
+            i += 1
+        elif ch == '"':
+            in_string = True
+            out.append(ch)
+            i += 1
+        elif text.startswith("//", i):
+            end = text.find("\n", i)
+            i = n if end == -1 else end
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            if end == -1:
+                raise ValueError("a /* comment is never closed with */")
+            out.append("\n" * text.count("\n", i, end))
+            i = end + 2
+        else:
+            out.append(ch)
+            i += 1
+    return re.sub(r",(\s*[}\]])", r"\1", "".join(out))
+
+
+def config_name(path: str | Path) -> str:
+    """The config's name: the file stem, as used in DAG ids (``user.json`` -> ``user``)."""
+    return Path(path).stem
+
+
+def read_config_data(path: str | Path) -> dict[str, Any]:
+    """Read a config file's raw mapping (no validation)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise CupidConfigError(path, [f"not valid YAML: {err}"]) from None
+    else:
+        try:
+            data = json.loads(strip_json_comments(text))
+        except (ValueError, json.JSONDecodeError) as err:
+            raise CupidConfigError(path, [f"not valid JSON (comments allowed): {err}"]) from None
+    if not isinstance(data, dict):
+        raise CupidConfigError(path, [f"the top level must be an object, not {type(data).__name__}"])
+    return data
+
+
+def load_config(path: str | Path) -> CupidConfig:
+    """Load and validate one config file; raises :class:`CupidConfigError` naming every problem."""
+    path = Path(path)
+    name = config_name(path)
+    if not STEM_RE.match(name):
+        raise CupidConfigError(path, [f"file name {name!r} cannot name a DAG (letters, digits, _ . - only)"])
+    data = read_config_data(path)
+    for reserved in ("name", "path"):
+        if reserved in data:
+            raise CupidConfigError(path, [f"{reserved}: unknown key (the config's name is its file name)"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            config = CupidConfig.model_validate({**data, "name": name, "path": str(path)})
+        except ValidationError as err:
+            raise CupidConfigError(path, [_describe(e, data) for e in err.errors()]) from None
+    for warning in caught:
+        warnings.warn(f"{path}: {warning.message}", CupidConfigWarning, stacklevel=2)
+    if config.src.pushbear_send_key:
+        warnings.warn(
+            f"{path}: src.pushbearSendKey is ignored: the PushBear service has shut down; "
+            "configure alerts in the 'notify' section (webhooks or Airflow notifiers) instead",
+            CupidConfigWarning,
+            stacklevel=2,
+        )
+    return config
+
+
+def find_config_files(folder: str | Path) -> list[Path]:
+    """Every config file directly in ``folder``, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in CONFIG_SUFFIXES)
+
+
+def _path_text(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part in ("function-after", "function-before") or "[" in str(part):
+            continue
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def _value_at(data: Any, loc: tuple[int | str, ...]) -> Any:
+    for part in loc:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _describe(error: Any, data: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    path = _path_text(loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent = _value_at(data, loc[:-1])
+        model = _model_at(loc[:-1])
+        accepted = sorted(
+            f.alias or n for n, f in model.model_fields.items() if n not in ("name", "path") or model is not CupidConfig
+        )
+        close = difflib.get_close_matches(str(loc[-1]), accepted, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        del parent
+        return f"{path}: unknown key{hint}; accepted keys here: {', '.join(accepted)}"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    value = error.get("input")
+    if kind.startswith(("int_", "float_", "bool_", "string_", "dict_", "list_", "greater", "less", "too_")):
+        shown = "***" if str(loc[-1]).lower() in ("password", "dsn", "pushbearsendkey") else repr(value)
+        return f"{path}: {shown} is not accepted: {message}"
+    return f"{path}: {message}"
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel]:
+    model: type[BaseModel] = CupidConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None)
+        if field is None:
+            break
+        annotation = field.annotation
+        for candidate in (annotation, *getattr(annotation, "__args__", ())):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                model = candidate
+                break
+    return model

@@ -1,0 +1,98 @@
+"""SQL identifiers and raw-bytes MySQL connections."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+IDENTIFIER_RE = re.compile(r"^[A-Za-z0-9_$]{1,64}$")
+IDENTIFIER_RULE = "letters, digits, '_' and '$', 1 to 64 characters"
+TABLE_RULE = f"a table name or database.table, each part {IDENTIFIER_RULE}"
+
+
+def is_identifier(name: str) -> bool:
+    return bool(IDENTIFIER_RE.match(name)) and not name.isdigit()
+
+
+def is_table_name(name: str) -> bool:
+    parts = name.split(".")
+    return 1 <= len(parts) <= 2 and all(is_identifier(p) for p in parts)
+
+
+def quote_identifier(name: str) -> str:
+    """Quote a validated column name as a MySQL identifier."""
+    if not is_identifier(name):
+        raise ValueError(f"not a valid identifier: {name!r} ({IDENTIFIER_RULE})")
+    return f"`{name}`"
+
+
+def quote_table(name: str) -> str:
+    """Quote a validated ``table`` or ``database.table`` name."""
+    if not is_table_name(name):
+        raise ValueError(f"not a valid table name: {name!r} ({TABLE_RULE})")
+    return ".".join(f"`{part}`" for part in name.split("."))
+
+
+def split_table(name: str, default_database: str | None) -> tuple[str | None, str]:
+    """Return (database, table) of a ``table`` or ``database.table`` name."""
+    if "." in name:
+        database, table = name.split(".", 1)
+        return database, table
+    return default_database, name
+
+
+def literal_int(value: int) -> str:
+    """Render an integer for SQL text (raw connections quote every parameter)."""
+    return str(int(value))
+
+
+@dataclass(frozen=True)
+class ConnectionParams:
+    """Where a MySQL server is; ``repr`` never shows the password."""
+
+    host: str = "127.0.0.1"
+    port: int = 3306
+    user: str = "root"
+    password: str = field(default="", repr=False)
+    database: str | None = None
+    unix_socket: str | None = None
+
+    def describe(self) -> str:
+        """A password-free description for logs and errors."""
+        where = self.unix_socket or f"{self.host}:{self.port}"
+        return f"{self.user}@{where}/{self.database or ''}"
+
+    def __repr__(self) -> str:
+        return f"ConnectionParams({self.describe()})"
+
+
+def connect(params: ConnectionParams, *, connect_timeout: int = 10, read_timeout: int | None = None) -> Any:
+    """Open a mysqlclient connection that returns every value as raw bytes.
+
+    Values come back exactly as MySQL renders them as text (``None`` for
+    NULL), which is what cupid compares and sends. Parameters passed to
+    ``execute`` are all quoted as strings, so integers go through
+    :func:`literal_int` into the SQL text instead.
+    """
+    import MySQLdb
+
+    kwargs: dict[str, Any] = {
+        "user": params.user,
+        "passwd": params.password,
+        "conv": {},
+        "use_unicode": False,
+        "charset": "utf8mb4",
+        "connect_timeout": connect_timeout,
+        "autocommit": True,
+    }
+    if read_timeout:
+        kwargs["read_timeout"] = read_timeout
+    if params.database:
+        kwargs["db"] = params.database
+    if params.unix_socket:
+        kwargs["unix_socket"] = params.unix_socket
+    else:
+        kwargs["host"] = params.host
+        kwargs["port"] = params.port
+    return MySQLdb.connect(**kwargs)
