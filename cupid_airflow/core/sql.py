@@ -71,16 +71,17 @@ def connect(params: ConnectionParams, *, connect_timeout: int = 10, read_timeout
     """Open a mysqlclient connection that returns every value as raw bytes.
 
     Values come back exactly as MySQL renders them as text (``None`` for
-    NULL), which is what cupid compares and sends. Parameters passed to
-    ``execute`` are all quoted as strings, so integers go through
-    :func:`literal_int` into the SQL text instead.
+    NULL), which is what cupid compares and sends. Query parameters are
+    encoded as usual (``None`` is NULL, integers stay numbers).
     """
     import MySQLdb
+    from MySQLdb.converters import conversions
 
     kwargs: dict[str, Any] = {
         "user": params.user,
         "passwd": params.password,
-        "conv": {},
+        # encoders for parameters only: no decoders, so results stay raw bytes
+        "conv": {k: v for k, v in conversions.items() if not isinstance(k, int)},
         "use_unicode": False,
         "charset": "utf8mb4",
         "connect_timeout": connect_timeout,

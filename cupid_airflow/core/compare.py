@@ -1,0 +1,110 @@
+"""Compare source rows with one destination: missing rows are type 1, different rows type 2."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cupid_airflow.core.sql import quote_identifier, quote_table
+
+MISSING = 1
+DIFFERENT = 2
+DELETED = 3
+
+Value = bytes | None
+
+
+@dataclass(frozen=True)
+class DestinationSpec:
+    """What the compare needs of one destination.
+
+    :param columns: source column -> destination column; only these are compared.
+    """
+
+    name: str
+    table: str
+    by_column: str
+    columns: dict[str, str]
+
+
+@dataclass
+class Difference:
+    """One source row that does not match a destination."""
+
+    index: int  # position in the source batch
+    type: int
+    differences: dict[str, tuple[Value, Value]] = field(default_factory=dict)
+
+
+class DestinationReader:
+    """Looks up a batch of keys in a destination with one ``IN (...)`` query."""
+
+    def __init__(self, spec: DestinationSpec, source_columns: Sequence[str]) -> None:
+        self.spec = spec
+        # positions, in the source batch's value tuples, of each mapped source column
+        self.source_columns = list(spec.columns)
+        self.value_index = [list(source_columns).index(c) for c in self.source_columns]
+        destination_columns = [spec.columns[c] for c in self.source_columns]
+        self._sql = (
+            f"SELECT {quote_identifier(spec.by_column)}, {', '.join(map(quote_identifier, destination_columns))} "
+            f"FROM {quote_table(spec.table)} WHERE {quote_identifier(spec.by_column)} IN "
+        )
+
+    def lookup(self, conn: Any, keys: Sequence[bytes]) -> dict[bytes, tuple[Value, ...]]:
+        """Destination rows for the given keys: key -> mapped values, in the spec's column order."""
+        if not keys:
+            return {}
+        cursor = conn.cursor()
+        cursor.execute(self._sql + "(" + ", ".join(["%s"] * len(keys)) + ")", keys)
+        found: dict[bytes, tuple[Value, ...]] = {}
+        for row in cursor.fetchall():
+            found[row[0]] = tuple(row[1:])
+        return found
+
+    def compare(
+        self,
+        keys: Sequence[Value],
+        values: Sequence[tuple[Value, ...]],
+        found: dict[bytes, tuple[Value, ...]],
+        skip: Sequence[bool] | None = None,
+    ) -> list[Difference]:
+        """Mismatches of a source batch against what the destination holds.
+
+        Keys are matched byte for byte; when the destination's collation
+        matched a key that differs in case or trailing spaces, the row is
+        compared with it instead of being reported missing.
+        """
+        index = self.value_index
+        mismatches: list[Difference] = []
+        loose: dict[bytes, tuple[Value, ...]] | None = None
+        for i, key in enumerate(keys):
+            if key is None or (skip is not None and skip[i]):
+                continue
+            row = values[i]
+            expected = tuple(row[j] for j in index)
+            actual = found.get(key)
+            if actual is None:
+                if loose is None:
+                    loose = {_loose(k): v for k, v in found.items()}
+                actual = loose.get(_loose(key)) if len(loose) > 0 else None
+                if actual is None:
+                    mismatches.append(Difference(i, MISSING))
+                    continue
+            if actual != expected:
+                mismatches.append(
+                    Difference(
+                        i,
+                        DIFFERENT,
+                        {
+                            column: (expected[n], actual[n])
+                            for n, column in enumerate(self.source_columns)
+                            if expected[n] != actual[n]
+                        },
+                    )
+                )
+        return mismatches
+
+
+def _loose(key: bytes) -> bytes:
+    return key.rstrip(b" ").lower()

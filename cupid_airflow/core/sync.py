@@ -1,0 +1,423 @@
+"""One sync run: scan new and updated source rows, compare them with every destination, record mismatches."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cupid_airflow.core.compare import DestinationReader, DestinationSpec, Difference
+from cupid_airflow.core.payload import build_body, idempotency_key, row_version
+from cupid_airflow.core.scan import (
+    SourceBatch,
+    SourceReader,
+    UpdateColumn,
+    parse_db_time,
+    window_low,
+)
+from cupid_airflow.core.sql import ConnectionParams, connect
+from cupid_airflow.core.store import DeliveryStore, Mismatch
+
+log = logging.getLogger(__name__)
+
+
+class CursorStore(Protocol):
+    """Where each destination's cursor lives between runs (Airflow Variables in production)."""
+
+    def load(self, destination: str) -> dict[str, Any] | None: ...
+
+    def save(self, destination: str, cursor: dict[str, Any]) -> None: ...
+
+
+class MemoryCursorStore:
+    """Cursors in a dict: for benchmarks and unit tests."""
+
+    def __init__(self) -> None:
+        self.cursors: dict[str, dict[str, Any]] = {}
+
+    def load(self, destination: str) -> dict[str, Any] | None:
+        cursor = self.cursors.get(destination)
+        return dict(cursor) if cursor is not None else None
+
+    def save(self, destination: str, cursor: dict[str, Any]) -> None:
+        self.cursors[destination] = dict(cursor)
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """Everything one sync run needs, with connections already resolved."""
+
+    config: str
+    source: ConnectionParams
+    table: str
+    id_column: str
+    by_column: str
+    destinations: dict[str, tuple[ConnectionParams, DestinationSpec]]
+    insert: bool = True
+    update: bool = False
+    update_column: str | None = None
+    update_time_format: str | None = None
+    update_scan_second: int = 5
+    late_commit_second: int = 10
+    late_commit_max_rows: int = 20000
+    batch_size: int = 5000
+    max_rows_per_run: int = 500000
+    max_seconds_per_run: float = 20.0
+    lookup_connections: int = 4
+
+    @property
+    def compared_columns(self) -> list[str]:
+        """The source columns any destination compares, in first-seen order."""
+        columns: dict[str, None] = {}
+        for _, spec in self.destinations.values():
+            columns.update(dict.fromkeys(spec.columns))
+        return list(columns)
+
+
+@dataclass
+class DestinationState:
+    """One destination during a run: its cursor and whether it can be reached."""
+
+    name: str
+    spec: DestinationSpec
+    reader: DestinationReader
+    cursor: dict[str, Any]
+    before: dict[str, Any]
+    error: str | None = None
+    mismatched: dict[int, set[int]] = field(default_factory=lambda: {1: set(), 2: set()})
+
+    @property
+    def healthy(self) -> bool:
+        return self.error is None
+
+
+def new_cursor() -> dict[str, Any]:
+    return {"insertId": 1, "recent": [], "updateTime": None, "updateWindow": None, "updatePosition": None}
+
+
+class SyncRun:
+    """One bounded run of the compare; :meth:`run` returns the run's summary."""
+
+    def __init__(
+        self,
+        plan: SyncPlan,
+        cursors: CursorStore,
+        store: DeliveryStore,
+        *,
+        start_id: int | None = None,
+        connector: Callable[[ConnectionParams], Any] = connect,
+    ) -> None:
+        self.plan = plan
+        self.cursors = cursors
+        self.store = store
+        self.start_id = start_id
+        self.connector = connector
+        self.columns = plan.compared_columns
+        self.rows_scanned = {"insert": 0, "update": 0}
+        self.null_keys = 0
+        self.vanished = 0
+        self.recorded = 0
+        self._local = threading.local()
+        self._all_conns: list[Any] = []
+        self._conn_lock = threading.Lock()
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        plan = self.plan
+        source_conn = self.connector(plan.source)
+        try:
+            self.source = SourceReader(
+                source_conn,
+                table=plan.table,
+                id_column=plan.id_column,
+                by_column=plan.by_column,
+                columns=self.columns,
+                database=plan.source.database,
+            )
+            types = self.source.check(plan.update_column if plan.update else None)
+            self.now = self.source.now()
+            self.store.ensure_schema()
+            self.states = self._load_states()
+            with ThreadPoolExecutor(max(1, plan.lookup_connections), thread_name_prefix="cupid-lookup") as pool:
+                self.pool = pool
+                insert_done = self._insert_scan() if plan.insert else True
+                update_done = True
+                if plan.update and plan.update_column:
+                    update = UpdateColumn(plan.update_column, types[plan.update_column.lower()],
+                                          plan.update_time_format)
+                    update_done = self._update_scan(update)
+                else:
+                    update = None
+            for state in self.states.values():
+                if state.cursor != state.before:
+                    self.cursors.save(state.name, state.cursor)
+            return self._summary(insert_done and update_done, update)
+        finally:
+            self._close_lookup_connections()
+            source_conn.close()
+
+    def _load_states(self) -> dict[str, DestinationState]:
+        states: dict[str, DestinationState] = {}
+        for name, (params, spec) in self.plan.destinations.items():
+            stored = self.cursors.load(name)
+            cursor = {**new_cursor(), **(stored or {})}
+            before = dict(cursor)
+            if self.start_id is not None:
+                cursor.update(insertId=int(self.start_id), recent=[])
+            state = DestinationState(name, spec, DestinationReader(spec, self.columns), cursor, before)
+            try:
+                conn = self._lookup_connection(name, params)
+                state.reader.lookup(conn, [b""])  # proves the table and columns exist
+            except Exception as err:  # a broken destination delays only itself
+                state.error = _describe_error(err, params)
+                log.error("destination %s is unavailable, its cursor waits: %s", name, state.error)
+            states[name] = state
+        return states
+
+    # -- new rows -----------------------------------------------------------------------------
+    def _insert_scan(self) -> bool:
+        plan = self.plan
+        healthy = [s for s in self.states.values() if s.healthy]
+        if not healthy:
+            return False
+        band_cap = min(plan.late_commit_max_rows, plan.max_rows_per_run // 2)
+        starts: dict[str, int] = {}
+        now = parse_db_time(self.now)
+        for state in healthy:
+            cursor_id = int(state.cursor["insertId"])
+            recent = [
+                (t, i) for t, i in state.cursor.get("recent") or []
+                if (now - parse_db_time(t)).total_seconds() <= plan.late_commit_second
+            ]
+            band_start = min([cursor_id, *(int(i) for _, i in recent)])
+            starts[state.name] = max(band_start, cursor_id - band_cap, 1)
+            state.cursor["recent"] = [*recent, (self.now, cursor_id)][-50:]
+        scan_start = min(starts.values())
+
+        def skip_for(state: DestinationState, batch: SourceBatch) -> list[bool] | None:
+            start = starts[state.name]
+            return None if batch.ids[0] >= start else [i < start for i in batch.ids]
+
+        def advance(state: DestinationState, batch: SourceBatch) -> None:
+            state.cursor["insertId"] = max(int(state.cursor["insertId"]), batch.ids[-1] + 1)
+
+        return self._scan(
+            "insert", self.source.id_batches(scan_start, plan.batch_size), healthy, skip_for, advance
+        )
+
+    # -- updated rows -------------------------------------------------------------------------
+    def _update_scan(self, update: UpdateColumn) -> bool:
+        healthy = [s for s in self.states.values() if s.healthy]
+        groups: dict[tuple[str, str, str | None, int | None], list[DestinationState]] = {}
+        for state in healthy:
+            window = state.cursor.get("updateWindow")
+            position = state.cursor.get("updatePosition")
+            if window:
+                low, high = window
+            else:
+                low, high = window_low(state.cursor.get("updateTime"), self.now, self.plan.update_scan_second), self.now
+                position = None
+            key = (low, high, position[0] if position else None, position[1] if position else None)
+            groups.setdefault(key, []).append(state)
+        done = bool(healthy) and len(healthy) == len(self.states)
+        for (low, high, position_time, position_id), members in groups.items():
+            position = (position_time, position_id) if position_time is not None and position_id is not None else None
+
+            def advance(state: DestinationState, batch: SourceBatch, low: str = low, high: str = high) -> None:
+                last = batch.positions[-1]
+                state.cursor["updateWindow"] = [low, high]
+                state.cursor["updatePosition"] = [last.decode() if last else None, batch.ids[-1]]
+
+            batches = self.source.update_batches(update, low, high, position, self.plan.batch_size)
+            complete = self._scan("update", batches, members, lambda s, b: None, advance)
+            if complete:
+                for state in members:
+                    if state.healthy:
+                        state.cursor.update(updateTime=high, updateWindow=None, updatePosition=None)
+            done = done and complete
+        return done
+
+    # -- the pipeline shared by both scans ----------------------------------------------------
+    def _scan(
+        self,
+        phase: str,
+        batches: Iterator[SourceBatch],
+        states: Sequence[DestinationState],
+        skip_for: Callable[[DestinationState, SourceBatch], list[bool] | None],
+        advance: Callable[[DestinationState, SourceBatch], None],
+    ) -> bool:
+        """Compare batches with destinations, lookups pipelined; True when the source had no more rows."""
+        plan = self.plan
+        deadline = time.monotonic() + plan.max_seconds_per_run
+        depth = max(1, plan.lookup_connections)
+        in_flight: deque[tuple[SourceBatch, dict[str, Future[dict[bytes, tuple[bytes | None, ...]]]]]] = deque()
+        scanned = 0
+        exhausted = True
+        for batch in batches:
+            futures = {}
+            for state in states:
+                if state.healthy:
+                    keys = [k for k in batch.keys if k is not None]
+                    futures[state.name] = self.pool.submit(self._lookup, state, keys)
+            in_flight.append((batch, futures))
+            scanned += len(batch.ids)
+            while len(in_flight) >= depth:
+                self._finish(phase, *in_flight.popleft(), states, skip_for, advance)
+            if scanned >= plan.max_rows_per_run or time.monotonic() >= deadline:
+                exhausted = False
+                break
+        while in_flight:
+            self._finish(phase, *in_flight.popleft(), states, skip_for, advance)
+        if not exhausted:
+            # the budget ran out exactly at the end of the table: the next run finds nothing more
+            log.info("%s scan stopped by its budget after %d rows; the next run continues", phase, scanned)
+        return exhausted and all(s.healthy for s in states)
+
+    def _lookup(self, state: DestinationState, keys: list[bytes]) -> dict[bytes, tuple[bytes | None, ...]]:
+        params = self.plan.destinations[state.name][0]
+        return state.reader.lookup(self._lookup_connection(state.name, params), keys)
+
+    def _finish(
+        self,
+        phase: str,
+        batch: SourceBatch,
+        futures: dict[str, Future[dict[bytes, tuple[bytes | None, ...]]]],
+        states: Sequence[DestinationState],
+        skip_for: Callable[[DestinationState, SourceBatch], list[bool] | None],
+        advance: Callable[[DestinationState, SourceBatch], None],
+    ) -> None:
+        self.rows_scanned[phase] += len(batch.ids)
+        nulls = sum(1 for k in batch.keys if k is None)
+        if nulls:
+            self.null_keys += nulls
+            bad = [batch.ids[i] for i, k in enumerate(batch.keys) if k is None][:10]
+            log.warning("%d source row(s) have a NULL %s and cannot be compared (ids %s)", nulls,
+                        self.plan.by_column, bad)
+        found: dict[str, list[Difference]] = {}
+        for state in states:
+            future = futures.get(state.name)
+            if future is None or not state.healthy:
+                continue
+            try:
+                rows = future.result()
+            except Exception as err:
+                state.error = _describe_error(err, self.plan.destinations[state.name][0])
+                log.error("destination %s failed during the %s scan, its cursor waits: %s", state.name, phase,
+                          state.error)
+                continue
+            found[state.name] = state.reader.compare(batch.keys, batch.values, rows, skip_for(state, batch))
+        self._record(batch, found)
+        for state in states:
+            if state.name in found:
+                advance(state, batch)
+
+    def _record(self, batch: SourceBatch, found: dict[str, list[Difference]]) -> None:
+        wanted = sorted({batch.ids[d.index] for diffs in found.values() for d in diffs})
+        if not wanted:
+            return
+        full_rows = self.source.full_rows(wanted)
+        mismatches: list[Mismatch] = []
+        for name, diffs in found.items():
+            state = self.states[name]
+            for diff in diffs:
+                source_id = batch.ids[diff.index]
+                row = full_rows.get(source_id)
+                key = batch.keys[diff.index]
+                if row is None or key is None:
+                    self.vanished += 1  # deleted since it was read: nothing left to send
+                    continue
+                version = row_version(row)
+                idem = idempotency_key(self.plan.config, name, key, version)
+                body = build_body(
+                    mismatch_type=diff.type,
+                    source_row=row,
+                    destination=name,
+                    destination_table=state.spec.table,
+                    key_column=self.plan.by_column,
+                    row_key=key,
+                    differences=diff.differences or None,
+                    detected_at=self.now,
+                    idempotency_key=idem,
+                )
+                mismatches.append(
+                    Mismatch(self.plan.config, name, key, version, idem, diff.type, source_id, body)
+                )
+                state.mismatched.setdefault(diff.type, set()).add(source_id)
+        self.recorded += self.store.record(mismatches)
+
+    # -- connections --------------------------------------------------------------------------
+    def _lookup_connection(self, name: str, params: ConnectionParams) -> Any:
+        conns = getattr(self._local, "conns", None)
+        if conns is None:
+            conns = self._local.conns = {}
+        conn = conns.get(name)
+        if conn is None:
+            conn = conns[name] = self.connector(params)
+            with self._conn_lock:
+                self._all_conns.append(conn)
+        return conn
+
+    def _close_lookup_connections(self) -> None:
+        for conn in self._all_conns:
+            try:
+                conn.close()
+            except Exception:  # closing a broken connection must not hide the run's result
+                pass
+        self._all_conns.clear()
+
+    # -- summary ------------------------------------------------------------------------------
+    def _summary(self, complete: bool, update: UpdateColumn | None) -> dict[str, Any]:
+        newest_id = self.source.newest_id()
+        newest_update = self.source.newest_update(update) if update else None
+        destinations: dict[str, Any] = {}
+        for state in self.states.values():
+            next_id = int(state.cursor["insertId"])
+            destinations[state.name] = {
+                "mismatches": {"missing": len(state.mismatched[1]), "different": len(state.mismatched[2])},
+                "cursorBefore": _visible(state.before),
+                "cursorAfter": _visible(state.cursor),
+                "lagRows": max(0, (newest_id or 0) - (next_id - 1)) if self.plan.insert else None,
+                "lagUpdateSecond": _lag_second(self.now, state.cursor.get("updateTime")) if update else None,
+                "error": state.error,
+            }
+        return {
+            "config": self.plan.config,
+            "sourceNow": self.now,
+            "rowsScanned": dict(self.rows_scanned),
+            "nullKeys": self.null_keys,
+            "recorded": self.recorded,
+            "vanished": self.vanished,
+            "newestId": newest_id,
+            "newestUpdate": newest_update,
+            "caughtUp": complete,
+            "destinations": destinations,
+        }
+
+
+def _visible(cursor: dict[str, Any]) -> dict[str, Any]:
+    return {k: cursor.get(k) for k in ("insertId", "updateTime", "updatePosition")}
+
+
+def _lag_second(now: str, update_time: str | None) -> float | None:
+    if not update_time:
+        return None
+    return round((parse_db_time(now) - parse_db_time(update_time)).total_seconds(), 3)
+
+
+def _describe_error(err: Exception, params: ConnectionParams) -> str:
+    text = str(err)
+    if params.password:
+        text = text.replace(params.password, "***")
+    return f"{type(err).__name__} at {params.describe()}: {text}"[:1000]
+
+
+def run_sync(
+    plan: SyncPlan, cursors: CursorStore, store: DeliveryStore, *, start_id: int | None = None
+) -> dict[str, Any]:
+    """Run one bounded sync and return its summary."""
+    return SyncRun(plan, cursors, store, start_id=start_id).run()

@@ -1,0 +1,172 @@
+"""Turn cupid config files into DAGs: ``user.json`` -> ``cupid_user_sync`` and ``cupid_user_failure_pool``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cupid_airflow.core.config import CupidConfig, CupidConfigError, config_name, find_config_files, load_config
+from cupid_airflow.core.store import STORE_TABLE
+from cupid_airflow.cursors import cursor_variable_key
+
+if TYPE_CHECKING:
+    from airflow.sdk import DAG
+
+log = logging.getLogger(__name__)
+
+CONFIG_FOLDER_ENV = "CUPID_CONFIG_FOLDER"
+START_DATE = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+class CupidConfigErrors(Exception):
+    """Every broken config file of the configs folder, raised by the error-reporting DAG file."""
+
+
+def config_folder(dags_folder: str | Path) -> Path:
+    """The configs folder: ``$CUPID_CONFIG_FOLDER``, else ``[cupid] config_folder``, else ``<dags>/cupid``."""
+    folder = os.environ.get(CONFIG_FOLDER_ENV)
+    if not folder:
+        from airflow.configuration import conf
+
+        folder = conf.get("cupid", "config_folder", fallback=None)
+    return Path(folder) if folder else Path(dags_folder) / "cupid"
+
+
+def build_dags(config: CupidConfig) -> dict[str, DAG]:
+    """The sync DAG and the failure-pool DAG of one config."""
+    from airflow.sdk import DAG, Param
+
+    from cupid_airflow.operators import CallbackOperator, MySqlCompareOperator
+
+    tags = ["cupid", f"cupid:{config.name}", *config.tags]
+    retry_delay = timedelta(seconds=config.failure_job_retry_second)
+    with DAG(
+        dag_id=config.sync_dag_id,
+        schedule=config.schedule,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        dagrun_timeout=timedelta(minutes=30),
+        params={
+            "start_id": Param(
+                None,
+                type=["null", "integer"],
+                minimum=1,
+                description="Rescan new rows from this source id (replaces the stored insert cursor).",
+            )
+        },
+        doc_md=_sync_doc(config),
+        tags=tags,
+        default_args={"owner": "cupid"},
+    ) as sync:
+        compare = MySqlCompareOperator(task_id="compare", config_path=config.path, retries=0)
+        deliver = CallbackOperator(
+            task_id="deliver",
+            config_path=config.path,
+            retries=config.retries,
+            retry_delay=retry_delay,
+            trigger_rule="all_done",
+        )
+        compare >> deliver
+    with DAG(
+        dag_id=config.failure_pool_dag_id,
+        schedule=timedelta(seconds=config.failure_pool.schedule_second),
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        doc_md=_pool_doc(config),
+        tags=tags,
+        default_args={"owner": "cupid"},
+    ) as pool:
+        CallbackOperator(task_id="drain", config_path=config.path, failure_pool=True, retries=0)
+    return {sync.dag_id: sync, pool.dag_id: pool}
+
+
+def load_dags(dags_folder: str | Path) -> dict[str, DAG]:
+    """DAGs of every good config in the configs folder; broken ones are left to :func:`raise_config_errors`."""
+    from airflow.sdk import get_parsing_context
+
+    wanted = get_parsing_context().dag_id
+    dags: dict[str, DAG] = {}
+    for path in find_config_files(config_folder(dags_folder)):
+        name = config_name(path)
+        if wanted and wanted not in (f"cupid_{name}_sync", f"cupid_{name}_failure_pool"):
+            continue
+        try:
+            config = load_config(path)
+        except (CupidConfigError, OSError) as err:
+            log.warning("skipping config %s: %s", path, err)
+            continue
+        dags.update(build_dags(config))
+    return dags
+
+
+def config_errors(dags_folder: str | Path) -> list[str]:
+    """One line per broken config file of the configs folder."""
+    errors: list[str] = []
+    for path in find_config_files(config_folder(dags_folder)):
+        try:
+            load_config(path)
+        except CupidConfigError as err:
+            errors.append(str(err))
+        except OSError as err:
+            errors.append(f"{path}: cannot be read: {err}")
+    return errors
+
+
+def raise_config_errors(dags_folder: str | Path) -> None:
+    """Raise one import error that lists every broken config (nothing when all are good)."""
+    from airflow.sdk import get_parsing_context
+
+    if get_parsing_context().dag_id:
+        return
+    errors = config_errors(dags_folder)
+    if errors:
+        raise CupidConfigErrors(
+            f"{len(errors)} cupid config file(s) are broken; their DAGs are not loaded, all others are:\n"
+            + "\n".join(f"- {e}" for e in errors)
+        )
+
+
+def _sync_doc(config: CupidConfig) -> str:
+    src = config.src
+    lines = [
+        f"# cupid sync: `{config.name}`",
+        "",
+        f"Config file: `{config.path}`",
+        "",
+        f"**Source** `{src.table}` ({src.describe()}), key `{src.by_column}`, id column `{src.id_column}`; "
+        f"watching {'new rows' if src.insert else ''}{' and ' if src.insert and src.update else ''}"
+        f"{f'updates by `{src.update_column}`' if src.update else ''}; runs every {config.schedule}.",
+        "",
+        "| destination | table | key | compared columns | callback | cursor Variable |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, des in zip(config.destination_names, config.des):
+        callback = des.callback_notification
+        target = callback.url or f"connection `{callback.http_conn_id}`{callback.endpoint}"
+        lines.append(
+            f"| {name} | `{des.table}` ({des.describe()}) | `{des.by_column}` | {', '.join(des.columns)} | "
+            f"{target} | `{cursor_variable_key(config.name, name)}` |"
+        )
+    state = config.state_connection.describe()
+    lines += [
+        "",
+        f"Mismatches are recorded in table `{STORE_TABLE}` ({state}) before any cursor moves, then delivered by "
+        f"`deliver` ({config.retries} retries, {config.failure_job_retry_second} s apart); what still fails is "
+        f"parked for `{config.failure_pool_dag_id}`.",
+        "",
+        'Rescan from an id: `airflow dags trigger ' + config.sync_dag_id + " --conf '{\"start_id\": 1}'`.",
+    ]
+    return "\n".join(lines)
+
+
+def _pool_doc(config: CupidConfig) -> str:
+    return (
+        f"# cupid failure pool: `{config.name}`\n\nRetries parked callbacks of `{config.sync_dag_id}` every "
+        f"{config.failure_pool.schedule_second} s, oldest first, until delivered.\n\n"
+        f"Inspect and act: `python -m cupid_airflow pool list {config.path}`."
+    )

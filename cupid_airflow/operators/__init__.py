@@ -1,0 +1,8 @@
+"""cupid operators."""
+
+from __future__ import annotations
+
+from cupid_airflow.operators.callback import CallbackOperator
+from cupid_airflow.operators.compare import MySqlCompareOperator
+
+__all__ = ["CallbackOperator", "MySqlCompareOperator"]
