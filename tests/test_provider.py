@@ -1,0 +1,44 @@
+"""Airflow discovers cupid-airflow as a provider through its entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+import cupid_airflow
+from cupid_airflow.get_provider_info import DESCRIPTION, get_provider_info
+
+pytestmark = pytest.mark.integration
+
+
+def test_provider_info_names_the_distribution_and_its_version() -> None:
+    info = get_provider_info()
+
+    assert info["package-name"] == "cupid-airflow"
+    assert info["versions"] == [cupid_airflow.__version__] == [version("cupid-airflow")]
+
+
+def test_airflow_providers_list_shows_cupid() -> None:
+    airflow = Path(sys.executable).with_name("airflow")
+    result = subprocess.run(
+        [str(airflow), "providers", "list", "--output", "json"],
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+    providers = {entry["package_name"]: entry for entry in json.loads(result.stdout)}
+
+    assert "cupid-airflow" in providers, sorted(providers)
+    assert providers["cupid-airflow"]["version"] == "0.1.0"
+    # `providers list` strips trailing dots and RST markup from descriptions.
+    assert providers["cupid-airflow"]["description"] == DESCRIPTION.rstrip(".")
