@@ -1,0 +1,192 @@
+"""Callback bodies, row versions, idempotency keys and signatures."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import struct
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+MISMATCH_MISSING = 1
+MISMATCH_DIFFERENT = 2
+MISMATCH_DELETED = 3
+MISMATCH_TYPES = (MISMATCH_MISSING, MISMATCH_DIFFERENT, MISMATCH_DELETED)
+
+SIGNATURE_HEADER = "X-Cupid-Signature"
+SIGNATURE_PREFIX = "sha256="
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+_NULL_MARK = b"\x00"
+_VALUE_MARK = b"\x01"
+
+
+class PayloadError(ValueError):
+    """A stored callback body that cannot be read back."""
+
+
+def _framed(data: bytes) -> bytes:
+    # An 8-byte length in front of every part: no two sequences of parts hash alike.
+    return struct.pack(">Q", len(data)) + data
+
+
+def row_version(row: Mapping[str, bytes | None]) -> str:
+    """Return the sha1 hex version of a whole source row.
+
+    Column names and values both count; NULL, ``b''`` and ``b'NULL'`` give
+    different versions. Columns are taken in name order, so the version does
+    not depend on the order the scan returned them in.
+    """
+    digest = hashlib.sha1(usedforsecurity=False)
+    for name in sorted(row):
+        value = row[name]
+        digest.update(_framed(name.encode("utf-8")))
+        digest.update(_NULL_MARK if value is None else _VALUE_MARK + _framed(value))
+    return digest.hexdigest()
+
+
+def idempotency_key(config: str, destination: str, row_key: bytes, version: str) -> str:
+    """Return the sha256 hex key of one row version for one destination of one config."""
+    digest = hashlib.sha256()
+    for part in (config.encode("utf-8"), destination.encode("utf-8"), row_key, version.encode("ascii")):
+        digest.update(_framed(part))
+    return digest.hexdigest()
+
+
+def _is_text(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _encode(value: bytes | None, binary: bool) -> str | None:
+    if value is None:
+        return None
+    return base64.b64encode(value).decode("ascii") if binary else value.decode("utf-8")
+
+
+def _decode(value: str | None, binary: bool) -> bytes | None:
+    if value is None:
+        return None
+    return base64.b64decode(value, validate=True) if binary else value.encode("utf-8")
+
+
+def build_body(
+    *,
+    mismatch_type: int,
+    source_row: Mapping[str, bytes | None],
+    destination: str,
+    destination_table: str,
+    key_column: str,
+    row_key: bytes,
+    differences: Mapping[str, tuple[bytes | None, bytes | None]] | None,
+    detected_at: str,
+    idempotency_key: str,
+) -> bytes:
+    """Return the compact UTF-8 JSON body POSTed to the callback.
+
+    ``type`` and ``srcColumn`` keep the original meaning: the mismatch type and
+    the whole source row, every non-NULL value as a string, NULL as ``null``.
+    A value that is not valid UTF-8 is sent base64-encoded and its column is
+    listed in ``binaryColumns``, which is always present (``[]`` when every
+    value is text). ``key`` is the source key value, encoded like
+    ``srcColumn[keyColumn]`` (base64 exactly when ``keyColumn`` is listed in
+    ``binaryColumns``).
+
+    Type 2 bodies also carry ``differences``: ``{column: {"source": ...,
+    "destination": ...}}`` for the differing columns only, keyed by *source*
+    column name. Its source side is encoded like ``srcColumn``; a destination
+    value that is not valid UTF-8 is base64 and its column is listed in
+    ``binaryDestinationColumns``.
+
+    :param mismatch_type: 1 missing at the destination, 2 different, 3 deleted at the source.
+    :param source_row: the source row as scanned (raw bytes, None for NULL), in column order.
+    :param destination: the destination name (``des0`` or ``des[].name``).
+    :param destination_table: the destination table.
+    :param key_column: the source key column (``src.byColumn``).
+    :param row_key: the source key value; must equal ``source_row[key_column]`` when present.
+    :param differences: source column -> (source value, destination value), for type 2.
+    :param detected_at: when the mismatch was found, ISO 8601.
+    :param idempotency_key: the key from :func:`idempotency_key`.
+    """
+    if mismatch_type not in MISMATCH_TYPES:
+        raise ValueError(f"mismatch type {mismatch_type!r} is not one of {MISMATCH_TYPES}")
+    if key_column in source_row and source_row[key_column] != row_key:
+        raise ValueError(f"row key {row_key!r} differs from source column {key_column!r} of the row")
+    binary = [name for name, value in source_row.items() if value is not None and not _is_text(value)]
+    key_binary = not _is_text(row_key)
+    if key_binary and key_column not in binary:
+        binary.append(key_column)
+    binary_names = set(binary)
+    body: dict[str, Any] = {
+        "type": mismatch_type,
+        "srcColumn": {name: _encode(value, name in binary_names) for name, value in source_row.items()},
+        "binaryColumns": binary,
+        "destination": destination,
+        "destinationTable": destination_table,
+        "keyColumn": key_column,
+        "key": _encode(row_key, key_binary),
+    }
+    if mismatch_type == MISMATCH_DIFFERENT:
+        body["differences"], body["binaryDestinationColumns"] = _differences(
+            differences or {}, source_row, binary_names
+        )
+    body["detectedAt"] = detected_at
+    body["idempotencyKey"] = idempotency_key
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _differences(
+    differences: Mapping[str, tuple[bytes | None, bytes | None]],
+    source_row: Mapping[str, bytes | None],
+    binary_source: set[str],
+) -> tuple[dict[str, dict[str, str | None]], list[str]]:
+    encoded: dict[str, dict[str, str | None]] = {}
+    binary_destination: list[str] = []
+    for name, (source_value, destination_value) in differences.items():
+        if name not in source_row or source_row[name] != source_value:
+            raise ValueError(f"difference in column {name!r}: its source value is not the source row's")
+        destination_binary = destination_value is not None and not _is_text(destination_value)
+        if destination_binary:
+            binary_destination.append(name)
+        encoded[name] = {
+            "source": _encode(source_value, name in binary_source),
+            "destination": _encode(destination_value, destination_binary),
+        }
+    return encoded, binary_destination
+
+
+def sign_body(body: bytes, secret: str) -> str:
+    """Return the HMAC-SHA256 hex of the body; sent as ``X-Cupid-Signature: sha256=<hex>``."""
+    return hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+def signature_header_value(body: bytes, secret: str) -> str:
+    """Return the value of the :data:`SIGNATURE_HEADER` for this body."""
+    return SIGNATURE_PREFIX + sign_body(body, secret)
+
+
+def verify_signature(body: bytes, secret: str, header_value: str) -> bool:
+    """Tell whether a :data:`SIGNATURE_HEADER` value signs this body (what a receiver does)."""
+    return hmac.compare_digest(signature_header_value(body, secret), header_value.strip())
+
+
+def source_values(body: bytes | str) -> dict[str, bytes | None]:
+    """Return the source row of a callback body as raw bytes (the inverse of ``srcColumn``).
+
+    :raises PayloadError: the body is not a callback body of this module.
+    """
+    try:
+        document = json.loads(body)
+        columns = document["srcColumn"]
+        binary = set(document.get("binaryColumns") or ())
+        return {name: _decode(value, name in binary) for name, value in columns.items()}
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+        raise PayloadError(f"not a cupid callback body: {type(exc).__name__}: {exc}") from exc

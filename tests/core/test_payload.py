@@ -1,0 +1,196 @@
+"""Tests for callback bodies, row versions, idempotency keys and signatures."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from cupid_airflow.core.payload import (
+    MISMATCH_DIFFERENT,
+    MISMATCH_MISSING,
+    PayloadError,
+    build_body,
+    idempotency_key,
+    row_version,
+    sign_body,
+    signature_header_value,
+    source_values,
+    verify_signature,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+INVALID_UTF8 = b"\xff\xfe\x00\x81binary"
+
+
+def _body(source_row: Mapping[str, bytes | None], **overrides: Any) -> bytes:
+    arguments: dict[str, Any] = {
+        "mismatch_type": MISMATCH_MISSING,
+        "source_row": source_row,
+        "destination": "des0",
+        "destination_table": "user_copy",
+        "key_column": "id",
+        "row_key": source_row.get("id", b"7"),
+        "differences": None,
+        "detected_at": "2025-01-02T03:04:05.000006+00:00",
+        "idempotency_key": "k" * 64,
+    }
+    arguments.update(overrides)
+    return build_body(**arguments)
+
+
+def test_null_empty_and_null_text_stay_distinct() -> None:
+    row = {"id": b"7", "a": None, "b": b"", "c": b"NULL"}
+    document = json.loads(_body(row))
+    assert document["srcColumn"] == {"id": "7", "a": None, "b": "", "c": "NULL"}
+    assert document["binaryColumns"] == []
+    versions = {row_version({"id": b"7", "a": value}) for value in (None, b"", b"NULL")}
+    assert len(versions) == 3
+
+
+def test_original_fields_and_extras() -> None:
+    body = _body({"id": b"7", "name": b"Ann"})
+    document = json.loads(body)
+    assert list(document) == [
+        "type",
+        "srcColumn",
+        "binaryColumns",
+        "destination",
+        "destinationTable",
+        "keyColumn",
+        "key",
+        "detectedAt",
+        "idempotencyKey",
+    ]
+    assert document["type"] == 1
+    assert document["destination"] == "des0"
+    assert document["destinationTable"] == "user_copy"
+    assert document["keyColumn"] == "id"
+    assert document["key"] == "7"
+    assert document["detectedAt"] == "2025-01-02T03:04:05.000006+00:00"
+    assert document["idempotencyKey"] == "k" * 64
+    assert b" " not in body
+
+
+def test_source_column_order_is_kept() -> None:
+    row = {"zeta": b"1", "id": b"7", "alpha": b"2"}
+    assert list(json.loads(_body(row))["srcColumn"]) == ["zeta", "id", "alpha"]
+
+
+def test_emoji_and_unicode_are_sent_as_text() -> None:
+    row = {"id": b"7", "name": "Zoë 🐱 王".encode()}
+    body = _body(row)
+    assert json.loads(body)["srcColumn"]["name"] == "Zoë 🐱 王"
+    assert "🐱".encode() in body
+
+
+def test_invalid_utf8_is_base64_and_listed() -> None:
+    row = {"id": b"7", "blob": INVALID_UTF8, "name": b"ok"}
+    document = json.loads(_body(row))
+    assert document["binaryColumns"] == ["blob"]
+    assert base64.b64decode(document["srcColumn"]["blob"]) == INVALID_UTF8
+    assert document["srcColumn"]["name"] == "ok"
+
+
+def test_binary_key_follows_key_column_encoding() -> None:
+    row = {"id": INVALID_UTF8, "name": b"ok"}
+    document = json.loads(_body(row, row_key=INVALID_UTF8))
+    assert document["binaryColumns"] == ["id"]
+    assert base64.b64decode(document["key"]) == INVALID_UTF8
+
+
+def test_row_key_must_match_the_row() -> None:
+    with pytest.raises(ValueError, match="row key"):
+        _body({"id": b"7"}, row_key=b"8")
+
+
+def test_differences_use_source_column_names() -> None:
+    row = {"id": b"7", "name": b"Ann", "blob": INVALID_UTF8, "note": None}
+    differences = {"name": (b"Ann", b"Anne"), "blob": (INVALID_UTF8, b"x"), "note": (None, b"\xc3")}
+    document = json.loads(_body(row, mismatch_type=MISMATCH_DIFFERENT, differences=differences))
+    assert document["type"] == 2
+    assert document["differences"] == {
+        "name": {"source": "Ann", "destination": "Anne"},
+        "blob": {"source": base64.b64encode(INVALID_UTF8).decode(), "destination": "x"},
+        "note": {"source": None, "destination": base64.b64encode(b"\xc3").decode()},
+    }
+    assert document["binaryColumns"] == ["blob"]
+    assert document["binaryDestinationColumns"] == ["note"]
+
+
+def test_difference_source_value_must_be_the_rows() -> None:
+    with pytest.raises(ValueError, match="name"):
+        _body({"id": b"7", "name": b"Ann"}, mismatch_type=2, differences={"name": (b"Bob", b"Ann")})
+
+
+def test_unknown_mismatch_type_is_refused() -> None:
+    with pytest.raises(ValueError, match="mismatch type"):
+        _body({"id": b"7"}, mismatch_type=4)
+
+
+def test_row_version_is_stable_and_changes_with_any_value() -> None:
+    row = {"id": b"7", "name": b"Ann", "note": None}
+    version = row_version(row)
+    assert len(version) == 40
+    assert row_version(dict(row)) == version
+    assert row_version({"note": None, "name": b"Ann", "id": b"7"}) == version
+    assert row_version({**row, "name": b"Anne"}) != version
+    assert row_version({**row, "note": b""}) != version
+    assert row_version({**row, "extra": None}) != version
+
+
+def test_row_version_is_unambiguous() -> None:
+    assert row_version({"ab": b"c"}) != row_version({"a": b"bc"})
+    assert row_version({"a": b"b", "c": b""}) != row_version({"a": b"", "c": b"b"})
+    assert row_version({"a": b"\x00"}) != row_version({"a": None})
+
+
+def test_idempotency_key_is_stable_and_distinct() -> None:
+    version = row_version({"id": b"7"})
+    key = idempotency_key("user", "des0", b"7", version)
+    assert len(key) == 64
+    assert idempotency_key("user", "des0", b"7", version) == key
+    others = {
+        idempotency_key("user", "des1", b"7", version),
+        idempotency_key("users", "des0", b"7", version),
+        idempotency_key("user", "des0", b"8", version),
+        idempotency_key("user", "des0", b"7", row_version({"id": b"8"})),
+        idempotency_key("use", "rdes0", b"7", version),
+        idempotency_key("user", "des", b"07", version),
+    }
+    assert key not in others
+    assert len(others) == 6
+
+
+def test_signature_verifies_and_detects_tampering() -> None:
+    body = _body({"id": b"7"})
+    header = signature_header_value(body, "s3cret")
+    assert header == "sha256=" + sign_body(body, "s3cret")
+    assert verify_signature(body, "s3cret", header)
+    assert not verify_signature(body + b" ", "s3cret", header)
+    assert not verify_signature(body, "other", header)
+
+
+def test_source_values_round_trip() -> None:
+    row = {
+        "id": b"7",
+        "name": "Zoë 🐱".encode(),
+        "blob": INVALID_UTF8,
+        "empty": b"",
+        "null_text": b"NULL",
+        "null": None,
+        "newline": b"a\nb\x00c",
+    }
+    body = _body(row)
+    assert source_values(body) == row
+    assert list(source_values(body.decode("utf-8"))) == list(row)
+
+
+@pytest.mark.parametrize("body", [b"not json", b"{}", b'{"srcColumn": [1]}', b"[]"])
+def test_source_values_refuses_foreign_bodies(body: bytes) -> None:
+    with pytest.raises(PayloadError, match="not a cupid callback body"):
+        source_values(body)
