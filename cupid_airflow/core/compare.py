@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from cupid_airflow.core.sql import quote_identifier, quote_table
@@ -44,7 +45,14 @@ class DestinationReader:
         self.spec = spec
         # positions, in the source batch's value tuples, of each mapped source column
         self.source_columns = list(spec.columns)
-        self.value_index = [list(source_columns).index(c) for c in self.source_columns]
+        value_index = [list(source_columns).index(c) for c in self.source_columns]
+        if value_index == list(range(len(source_columns))):
+            self._expected: Callable[[tuple[Value, ...]], tuple[Value, ...]] = _same
+        elif len(value_index) == 1:
+            only = value_index[0]
+            self._expected = lambda row: (row[only],)
+        else:
+            self._expected = itemgetter(*value_index)
         destination_columns = [spec.columns[c] for c in self.source_columns]
         self._sql = (
             f"SELECT {quote_identifier(spec.by_column)}, {', '.join(map(quote_identifier, destination_columns))} "
@@ -56,7 +64,7 @@ class DestinationReader:
         if not keys:
             return {}
         cursor = conn.cursor()
-        cursor.execute(self._sql + "(" + ", ".join(["%s"] * len(keys)) + ")", keys)
+        cursor.execute(self._sql.encode() + conn.literal(tuple(keys)))
         found: dict[bytes, tuple[Value, ...]] = {}
         for row in cursor.fetchall():
             found[row[0]] = tuple(row[1:])
@@ -75,19 +83,20 @@ class DestinationReader:
         matched a key that differs in case or trailing spaces, the row is
         compared with it instead of being reported missing.
         """
-        index = self.value_index
+        expected_of = self._expected
         mismatches: list[Difference] = []
         loose: dict[bytes, tuple[Value, ...]] | None = None
         for i, key in enumerate(keys):
             if key is None or (skip is not None and skip[i]):
                 continue
-            row = values[i]
-            expected = tuple(row[j] for j in index)
+            expected = expected_of(values[i])
             actual = found.get(key)
             if actual is None:
                 if loose is None:
-                    loose = {_loose(k): v for k, v in found.items()}
-                actual = loose.get(_loose(key)) if len(loose) > 0 else None
+                    # rows the destination's collation matched to a key that differs in case or spaces
+                    extra = found.keys() - set(keys)
+                    loose = {_loose(k): found[k] for k in extra}
+                actual = loose.get(_loose(key)) if loose else None
                 if actual is None:
                     mismatches.append(Difference(i, MISSING))
                     continue
@@ -104,6 +113,10 @@ class DestinationReader:
                     )
                 )
         return mismatches
+
+
+def _same(row: tuple[Value, ...]) -> tuple[Value, ...]:
+    return row
 
 
 def _loose(key: bytes) -> bytes:

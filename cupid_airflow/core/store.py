@@ -121,36 +121,35 @@ class DeliveryStore:
 
     # -- recording (the compare side) ---------------------------------------------------------
     def record(self, mismatches: Sequence[Mismatch], chunk: int = 500) -> int:
-        """Durably record mismatches; return how many are new.
+        """Durably record mismatches in one transaction; return how many are new.
 
         A mismatch already recorded (same idempotency key) is kept as it is.
         """
-        new = 0
+        if not mismatches:
+            return 0
         sql = (
             f"INSERT INTO {self.table} (config, destination, row_key, version, idempotency_key, type, "
             "source_id, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE id = id"
         )
-        for start in range(0, len(mismatches), chunk):
-            rows = [
-                (
-                    m.config,
-                    m.destination,
-                    m.row_key,
-                    m.version,
-                    m.idempotency_key,
-                    str(m.type),
-                    None if m.source_id is None else str(m.source_id),
-                    m.body,
+        new = 0
+        conn = self.conn
+        try:
+            conn.begin()
+            cursor = conn.cursor()
+            for start in range(0, len(mismatches), chunk):
+                cursor.executemany(
+                    sql,
+                    [
+                        (m.config, m.destination, m.row_key, m.version, m.idempotency_key, m.type, m.source_id,
+                         m.body)
+                        for m in mismatches[start : start + chunk]
+                    ],
                 )
-                for m in mismatches[start : start + chunk]
-            ]
-            cursor = self.conn.cursor()
-            try:
-                cursor.executemany(sql, rows)
-            except Exception:
-                self.close()
-                raise
-            new += max(0, int(cursor.rowcount))
+                new += max(0, int(cursor.rowcount))
+            conn.commit()
+        except Exception:
+            self.close()
+            raise
         return new
 
     # -- delivery side ------------------------------------------------------------------------

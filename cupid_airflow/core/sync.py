@@ -103,6 +103,8 @@ def new_cursor() -> dict[str, Any]:
 class SyncRun:
     """One bounded run of the compare; :meth:`run` returns the run's summary."""
 
+    RECORD_EVERY = 5000  # mismatches buffered before one recording transaction
+
     def __init__(
         self,
         plan: SyncPlan,
@@ -122,6 +124,7 @@ class SyncRun:
         self.null_keys = 0
         self.vanished = 0
         self.recorded = 0
+        self._unrecorded: list[Mismatch] = []
         self._local = threading.local()
         self._all_conns: list[Any] = []
         self._conn_lock = threading.Lock()
@@ -273,6 +276,7 @@ class SyncRun:
                 break
         while in_flight:
             self._finish(phase, *in_flight.popleft(), states, skip_for, advance)
+        self._flush()
         if not exhausted:
             # the budget ran out exactly at the end of the table: the next run finds nothing more
             log.info("%s scan stopped by its budget after %d rows; the next run continues", phase, scanned)
@@ -348,7 +352,15 @@ class SyncRun:
                     Mismatch(self.plan.config, name, key, version, idem, diff.type, source_id, body)
                 )
                 state.mismatched.setdefault(diff.type, set()).add(source_id)
-        self.recorded += self.store.record(mismatches)
+        self._unrecorded.extend(mismatches)
+        if len(self._unrecorded) >= self.RECORD_EVERY:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Record buffered mismatches in one transaction (cursors are saved only after this)."""
+        if self._unrecorded:
+            self.recorded += self.store.record(self._unrecorded)
+            self._unrecorded = []
 
     # -- connections --------------------------------------------------------------------------
     def _lookup_connection(self, name: str, params: ConnectionParams) -> Any:
