@@ -113,7 +113,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--missing-per-mille", type=int, default=10)
     parser.add_argument("--different-per-mille", type=int, default=10)
-    parser.add_argument("--lookup-connections", type=int, default=4)
+    parser.add_argument("--lookup-connections", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--rebuild", action="store_true")
     parser.add_argument("--skip-floor", action="store_true", help="do not time the anti-join and the stream")

@@ -43,6 +43,11 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
 
     tags = ["cupid", f"cupid:{config.name}", *config.tags]
     retry_delay = timedelta(seconds=config.failure_job_retry_second)
+    alerts: dict[str, object] = {}
+    if config.notify.on_task_failure and (config.notify.webhooks or config.notify.notifiers):
+        from cupid_airflow.notify import TaskFailureAlert
+
+        alerts["on_failure_callback"] = TaskFailureAlert(config.path)
     with DAG(
         dag_id=config.sync_dag_id,
         schedule=config.schedule,
@@ -60,7 +65,7 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
         },
         doc_md=_sync_doc(config),
         tags=tags,
-        default_args={"owner": "cupid"},
+        default_args={"owner": "cupid", **alerts},
     ) as sync:
         compare = MySqlCompareOperator(task_id="compare", config_path=config.path, retries=0)
         deliver = CallbackOperator(
@@ -79,7 +84,7 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
         max_active_runs=1,
         doc_md=_pool_doc(config),
         tags=tags,
-        default_args={"owner": "cupid"},
+        default_args={"owner": "cupid", **alerts},
     ) as pool:
         CallbackOperator(task_id="drain", config_path=config.path, failure_pool=True, retries=0)
     return {sync.dag_id: sync, pool.dag_id: pool}

@@ -118,7 +118,7 @@ class Source(_Connection):
     batch_size: int = Field(default=5000, ge=1, le=100000)
     max_rows_per_run: int = Field(default=500000, ge=1)
     max_seconds_per_run: float = Field(default=20.0, gt=0)
-    lookup_connections: int = Field(default=4, ge=1, le=32)
+    lookup_connections: int = Field(default=8, ge=1, le=32)
     cache_file_path: str | None = None
     pushbear_send_key: str | None = Field(default=None, repr=False)
 

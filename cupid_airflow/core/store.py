@@ -261,8 +261,8 @@ class DeliveryStore:
         for status, count, age in cursor.fetchall():
             counts[status.decode()] = int(count)
             oldest[status.decode()] = None if age is None else int(age)
-        counts["oldest_parked_second"] = oldest.get(PARKED)
-        counts["oldest_pending_second"] = oldest.get(PENDING)
+        counts["oldestParkedSecond"] = oldest.get(PARKED)
+        counts["oldestPendingSecond"] = oldest.get(PENDING)
         return counts
 
     # -- helpers ------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ class SyncPlan:
     batch_size: int = 5000
     max_rows_per_run: int = 500000
     max_seconds_per_run: float = 20.0
-    lookup_connections: int = 4
+    lookup_connections: int = 8
 
     @property
     def compared_columns(self) -> list[str]:

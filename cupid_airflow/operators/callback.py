@@ -56,7 +56,7 @@ class CallbackOperator(BaseOperator):
             store.ensure_schema()
             statuses = (PARKED,) if self.failure_pool else (PENDING,)
             if self.failure_pool:
-                self._expire(config, store)
+                self._expire(config, store, context)
             outcomes = dispatch(store, config.name, self._routes(config), statuses, max_seconds=self.max_seconds)
             failed = sorted(i for o in outcomes.values() for i in o.failed)
             summary: dict[str, Any] = {
@@ -70,6 +70,9 @@ class CallbackOperator(BaseOperator):
                 parked = store.park(config.name, failed)
                 summary["parked"] = parked
                 self.log.error("parked %d item(s) in the failure pool after the last try", parked)
+                self._alert(config, "parked", f"{parked} callback(s) still failing after {self.retries + 1} "
+                            f"tries were parked in the failure pool ({config.failure_pool_dag_id} retries them)",
+                            summary, context)
             summary["store"] = store.counts(config.name)
         finally:
             store.close()
@@ -142,9 +145,18 @@ class CallbackOperator(BaseOperator):
             verify_ssl=verify_ssl,
         )
 
-    def _expire(self, config: CupidConfig, store: Any) -> None:
+    def _expire(self, config: CupidConfig, store: Any, context: Context) -> None:
         """Move parked items past the configured age or attempt count to the dead state."""
         pool = config.failure_pool
         killed = store.expire(config.name, max_attempts=pool.max_attempts, max_age_second=pool.max_age_second)
         if killed:
             self.log.error("%d parked item(s) reached the failure pool's limits and are now dead", killed)
+            self._alert(config, "dead", f"{killed} parked callback(s) reached the failure pool's limits and are "
+                        f"now dead; requeue them with `python -m cupid_airflow pool requeue {config.name}`",
+                        {"dead": killed}, context)
+
+    def _alert(self, config: CupidConfig, event: str, text: str, details: dict[str, Any], context: Context
+               ) -> None:
+        from cupid_airflow.notify import send_alert
+
+        send_alert(config, event, text, details, dict(context))
