@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -36,9 +37,19 @@ def test_airflow_providers_list_shows_cupid() -> None:
     )
     assert result.returncode == 0, result.stderr
 
-    providers = {entry["package_name"]: entry for entry in json.loads(result.stdout)}
+    # The JSON is the last line: Airflow may log warnings to stdout before it.
+    listed = json.loads(result.stdout.strip().splitlines()[-1])
+    providers = {entry["package_name"]: entry for entry in listed}
 
     assert "cupid-airflow" in providers, sorted(providers)
     assert providers["cupid-airflow"]["version"] == "0.1.0"
     # `providers list` strips trailing dots and RST markup from descriptions.
     assert providers["cupid-airflow"]["description"] == DESCRIPTION.rstrip(".")
+
+
+def test_every_module_the_provider_lists_imports() -> None:
+    modules = [module for entry in get_provider_info()["operators"] for module in entry["python-modules"]]
+
+    assert modules
+    for module in modules:
+        importlib.import_module(module)

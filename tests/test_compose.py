@@ -1,0 +1,222 @@
+"""The docker-compose stack is well-formed and everything it points at exists (checked without Docker)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from compose_spec import PyCompose
+
+import cupid_airflow
+from cupid_airflow.core.config import load_config
+
+if TYPE_CHECKING:
+    from conftest import MariaDB
+
+REPO = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = REPO / "docker-compose.yaml"
+DOCKERFILE = REPO / "docker" / "Dockerfile"
+IMAGE = f"cupid-airflow:{cupid_airflow.__version__}"
+AIRFLOW_SERVICES = {
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-init",
+}
+MYSQL_SERVICES = {"source-db", "destination-db"}
+REQUIRED_SERVICES = AIRFLOW_SERVICES | MYSQL_SERVICES | {"postgres", "receiver"}
+
+_VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}|\$(\w+)")
+
+
+def interpolate(text: str) -> str:
+    """Compose's variable interpolation with an empty environment: ``${X:-d}`` -> ``d``, ``$$`` -> ``$``."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        operator, default = match.group(2), match.group(3)
+        return default if operator in ("-", ":-") else ""
+
+    return _VARIABLE.sub(replace, text)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    """The compose file as ``docker compose config`` would see it with no .env: interpolated, merged."""
+    loaded: dict[str, Any] = yaml.safe_load(interpolate(COMPOSE_FILE.read_text()))
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    result: dict[str, dict[str, Any]] = compose["services"]
+    return result
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {key: str(value) for key, value in env.items()}
+
+
+def bind_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(host path, container path)`` of each bind mount; named volumes are left out."""
+    mounts = []
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith((".", "/")):
+            mounts.append((source, target))
+    return mounts
+
+
+def test_compose_file_is_valid_under_the_compose_specification(compose: dict[str, Any]) -> None:
+    parsed = PyCompose.from_json(json.dumps(compose))
+    parsed.validate()
+
+    assert set(parsed.service_names()) >= REQUIRED_SERVICES
+
+
+def test_airflow_services_run_the_image_built_from_this_repo(services: dict[str, dict[str, Any]]) -> None:
+    for name in AIRFLOW_SERVICES | {"receiver"}:
+        service = services[name]
+        assert service["image"] == IMAGE, name
+        assert service["build"] == {"context": ".", "dockerfile": "docker/Dockerfile"}, name
+
+
+def test_airflow_uses_local_executor_on_the_postgres_metadata_db(services: dict[str, dict[str, Any]]) -> None:
+    for name in AIRFLOW_SERVICES:
+        env = environment(services[name])
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor", name
+        assert urlsplit(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]).hostname == "postgres", name
+        assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy", name
+    for name in AIRFLOW_SERVICES - {"airflow-init"}:
+        assert services[name]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+    assert services["airflow-init"]["environment"]["_AIRFLOW_DB_MIGRATE"] == "true"
+
+
+def test_databases_have_healthchecks(services: dict[str, dict[str, Any]]) -> None:
+    for name in MYSQL_SERVICES | {"postgres"}:
+        assert services[name]["healthcheck"]["test"], name
+    for name in MYSQL_SERVICES:
+        assert services[name]["image"] == "mysql:8.4"
+        assert "mysqladmin ping" in " ".join(services[name]["healthcheck"]["test"])
+
+
+def test_airflow_services_mount_the_dags_folder(services: dict[str, dict[str, Any]]) -> None:
+    for name in AIRFLOW_SERVICES:
+        assert ("./dags", "/opt/airflow/dags") in bind_mounts(services[name]), name
+
+
+def test_every_referenced_path_exists(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+    declared_volumes = set(compose.get("volumes") or {})
+    for name, service in services.items():
+        if "build" in service:
+            context = REPO / service["build"]["context"]
+            assert context.is_dir(), name
+            assert (context / service["build"]["dockerfile"]).is_file(), name
+        for source, _ in bind_mounts(service):
+            assert (REPO / source).exists(), f"{name}: {source}"
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if not source.startswith((".", "/")):
+                assert source in declared_volumes, f"{name}: volume {source} is not declared"
+    for name in MYSQL_SERVICES:
+        init = {target: source for source, target in bind_mounts(services[name])}
+        scripts = sorted((REPO / init["/docker-entrypoint-initdb.d"]).glob("*.sql"))
+        assert scripts, f"{name}: no init scripts"
+
+
+def test_dockerfile_extends_airflow_and_installs_this_package_with_locked_versions() -> None:
+    instructions = [
+        line.strip()
+        for line in DOCKERFILE.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    text = "\n".join(instructions)
+
+    assert instructions[0] == "FROM apache/airflow:3.3.2"
+    assert "uv export --frozen --no-dev" in text
+    assert re.search(r"pip install .*-r /tmp/requirements.txt /opt/cupid-airflow", text)
+    copied = [
+        source
+        for line in instructions
+        if line.startswith("COPY")
+        for source in line.split()[1:-1]
+        if not source.startswith("--")
+    ]
+    assert {"pyproject.toml", "uv.lock", "cupid_airflow"} <= set(copied)
+    for source in copied:
+        assert (REPO / source).exists(), source
+
+
+def test_connections_point_at_the_demo_databases(services: dict[str, dict[str, Any]]) -> None:
+    env = environment(services["airflow-scheduler"])
+    for variable, host in [
+        ("AIRFLOW_CONN_CUPID_SOURCE", "source-db"),
+        ("AIRFLOW_CONN_CUPID_DESTINATION", "destination-db"),
+    ]:
+        uri = urlsplit(env[variable])
+        assert (uri.scheme, uri.hostname, uri.port, uri.path) == ("mysql", host, 3306, "/demo"), variable
+        assert uri.password == environment(services[host])["MYSQL_ROOT_PASSWORD"], variable
+        assert environment(services[host])["MYSQL_DATABASE"] == "demo"
+
+
+def test_the_stack_config_uses_its_connections_and_the_receiver(services: dict[str, dict[str, Any]]) -> None:
+    scheduler = services["airflow-scheduler"]
+    env = environment(scheduler)
+    mounts = {target: source for source, target in bind_mounts(scheduler)}
+    config_files = sorted((REPO / mounts[env["CUPID_CONFIG_FOLDER"]]).glob("*.json"))
+    assert config_files
+
+    receiver = services["receiver"]["command"]
+    assert receiver[:3] == ["python", "-m", "cupid_airflow.demo.receiver"]
+    receiver_port = int(receiver[receiver.index("--port") + 1])
+    for path in config_files:
+        config = load_config(path)
+        for connection in [config.src, *config.des]:
+            assert f"AIRFLOW_CONN_{(connection.conn_id or '').upper()}" in env, path
+        for des in config.des:
+            url = urlsplit(des.callback_notification.url or "")
+            assert (url.hostname, url.port) == ("receiver", receiver_port), path
+
+
+@pytest.mark.integration
+def test_init_scripts_create_the_demo_tables(mariadb: MariaDB, fresh_database: str) -> None:
+    tables = {}
+    connection = mariadb.connect(fresh_database)
+    try:
+        cursor = connection.cursor()
+        for side in ("source", "destination"):
+            for script in sorted((REPO / "docker" / "mysql-init" / side).glob("*.sql")):
+                for statement in script.read_text().split(";"):
+                    if statement.strip():
+                        cursor.execute(statement)
+            tables[side] = describe(cursor, fresh_database, "user")
+            cursor.execute("DROP TABLE user")
+    finally:
+        connection.close()
+
+    source, destination = tables["source"], tables["destination"]
+    assert source["id"] == ("bigint", "PRI", "auto_increment")
+    assert source["number"][1] == "UNI"
+    assert source["update_time"][:2] == ("datetime", "MUL")
+    assert destination["number"][1] == "PRI"
+    assert {"number", "name", "avatar"} <= set(source) & set(destination)
+
+
+def describe(cursor: Any, database: str, table: str) -> dict[str, tuple[str, str, str]]:
+    """``column -> (data type, key, extra)`` from information_schema."""
+    cursor.execute(
+        "SELECT column_name, data_type, column_key, extra FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name = %s",
+        (database, table),
+    )
+    return {row[0]: (row[1], row[2], row[3]) for row in cursor.fetchall()}
