@@ -43,7 +43,9 @@ class MySqlCompareOperator(BaseOperator):
         config = load_config(self.config_path)
         start_id = self.start_id
         if start_id is None:
-            start_id = (context.get("params") or {}).get("start_id")
+            # the trigger's conf, not params: a param default must never rescan by itself
+            dag_run = context.get("dag_run")
+            start_id = (getattr(dag_run, "conf", None) or {}).get("start_id")
         if start_id is not None:
             start_id = int(start_id)
             if start_id < 1:
