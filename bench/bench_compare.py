@@ -24,11 +24,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.tables import DESTINATION_DB, SOURCE_DB, build, planted_ids  # noqa: E402
-from cupid_airflow.core.compare import DestinationSpec  # noqa: E402
-from cupid_airflow.core.sql import ConnectionParams, connect  # noqa: E402
-from cupid_airflow.core.store import DeliveryStore  # noqa: E402
-from cupid_airflow.core.sync import MemoryCursorStore, SyncPlan, SyncRun  # noqa: E402
+from bench.tables import DESTINATION_DB, SOURCE_DB, build, planted_ids
+from cupid_airflow.core.compare import DestinationSpec
+from cupid_airflow.core.sql import ConnectionParams, connect
+from cupid_airflow.core.store import DeliveryStore
+from cupid_airflow.core.sync import MemoryCursorStore, SyncPlan, SyncRun
 
 CONFIG = "bench"
 STORE_TABLE = "cupid_delivery_bench"
@@ -69,12 +69,14 @@ def run_compare(params: ConnectionParams, lookup_connections: int, batch_size: i
             break
     elapsed = time.monotonic() - started
     store.close()
-    out.send({
-        "seconds": elapsed,
-        "runs": runs,
-        "scanned": scanned,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    })
+    out.send(
+        {
+            "seconds": elapsed,
+            "runs": runs,
+            "scanned": scanned,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+    )
 
 
 def timed(params: ConnectionParams, sql: str, stream: bool = False) -> tuple[float, int]:
@@ -101,7 +103,8 @@ def recorded(params: ConnectionParams) -> tuple[set[int], set[int]]:
     conn = connect(ConnectionParams(params.host, params.port, params.user, params.password, SOURCE_DB))
     cursor = conn.cursor()
     cursor.execute(f"SELECT type, source_id FROM {STORE_TABLE} WHERE config = %s", (CONFIG,))
-    missing, different = set(), set()
+    missing: set[int] = set()
+    different: set[int] = set()
     for kind, source_id in cursor.fetchall():
         (missing if int(kind) == 1 else different).add(int(source_id))
     conn.close()
@@ -125,7 +128,7 @@ def main() -> int:
     params = ConnectionParams(args.host, args.port, args.user, args.password)
 
     built = build(params, args.rows, args.missing_per_mille, args.different_per_mille, rebuild=args.rebuild)
-    print(f"tables: {args.rows:,} rows ({'built in %.1f s' % built if built else 'reused'})")
+    print(f"tables: {args.rows:,} rows ({f'built in {built:.1f} s' if built else 'reused'})")
     results: dict[str, Any] = {"rows": args.rows}
 
     if not args.skip_floor:

@@ -115,9 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one round per concurrency level; return 1 when any callback was lost or duplicated."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=20_000, help="callbacks per round (default 20000)")
-    parser.add_argument(
-        "--concurrency", default="3,8,16", help="comma-separated concurrency levels (default 3,8,16)"
-    )
+    parser.add_argument("--concurrency", default="3,8,16", help="comma-separated concurrency levels (default 3,8,16)")
     parser.add_argument("--hmac-secret", default=None, help="sign every body with this secret")
     arguments = parser.parse_args(argv)
     levels = [int(level) for level in arguments.concurrency.split(",")]

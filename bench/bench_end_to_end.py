@@ -29,8 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.tables import DESTINATION_DB, SOURCE_DB, build, planted_ids  # noqa: E402
-from cupid_airflow.core.sql import ConnectionParams, connect  # noqa: E402
+from bench.tables import DESTINATION_DB, SOURCE_DB, build, planted_ids
+from cupid_airflow.core.sql import ConnectionParams, connect
 
 CONFIG = "bench_e2e"
 
@@ -50,8 +50,7 @@ def _receiver(port_queue: Any) -> None:
         return web.Response(status=204)
 
     async def stats(request: web.Request) -> web.Response:
-        return web.json_response({"posts": sum(posts.values()),
-                                  "received": [[t, k] for (t, k) in posts]})
+        return web.json_response({"posts": sum(posts.values()), "received": [[t, k] for (t, k) in posts]})
 
     app = web.Application()
     app.router.add_post("/callback", callback)
@@ -93,18 +92,20 @@ def main() -> int:
     params = ConnectionParams()
 
     built = build(params, args.rows)
-    print(f"tables: {args.rows:,} rows ({'built in %.1f s' % built if built else 'reused'})")
+    print(f"tables: {args.rows:,} rows ({f'built in {built:.1f} s' if built else 'reused'})")
     planted = _planted_keys(params, args.rows)
 
     home = Path(tempfile.mkdtemp(prefix="cupid-bench-airflow-"))
     (home / "dags").mkdir()
-    os.environ.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-    })
+    os.environ.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        }
+    )
     airflow = str(Path(sys.executable).with_name("airflow"))
     subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True)
 
@@ -124,15 +125,31 @@ def main() -> int:
         store.close()
 
     config_path = home / "dags" / f"{CONFIG}.json"
-    config_path.write_text(json.dumps({
-        "workerNumber": args.worker_number,
-        "failureJobRetrySecond": 2,
-        "src": {"dsn": f"root:@tcp(127.0.0.1:3306)/{SOURCE_DB}", "table": "user", "byColumn": "number",
-                "insert": True, "insertIntervalMillisecond": 2000, "maxRowsPerRun": args.max_rows_per_run},
-        "des": [{"dsn": f"root:@tcp(127.0.0.1:3306)/{DESTINATION_DB}", "table": "user",
-                 "columns": {"number": "number", "name": "name", "avatar": "avatar"}, "byColumn": "number",
-                 "callbackNotification": {"url": f"http://127.0.0.1:{port}/callback"}}],
-    }))
+    config_path.write_text(
+        json.dumps(
+            {
+                "workerNumber": args.worker_number,
+                "failureJobRetrySecond": 2,
+                "src": {
+                    "dsn": f"root:@tcp(127.0.0.1:3306)/{SOURCE_DB}",
+                    "table": "user",
+                    "byColumn": "number",
+                    "insert": True,
+                    "insertIntervalMillisecond": 2000,
+                    "maxRowsPerRun": args.max_rows_per_run,
+                },
+                "des": [
+                    {
+                        "dsn": f"root:@tcp(127.0.0.1:3306)/{DESTINATION_DB}",
+                        "table": "user",
+                        "columns": {"number": "number", "name": "name", "avatar": "avatar"},
+                        "byColumn": "number",
+                        "callbackNotification": {"url": f"http://127.0.0.1:{port}/callback"},
+                    }
+                ],
+            }
+        )
+    )
 
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.collection import update_dag_parsing_results_in_db
@@ -148,8 +165,9 @@ def main() -> int:
     with create_session() as session:
         DagBundlesManager().sync_bundles_to_db(session=session)
         session.flush()
-        update_dag_parsing_results_in_db("dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(),
-                                         session=session)
+        update_dag_parsing_results_in_db(
+            "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session=session
+        )
 
     started = time.monotonic()
     runs = 0
@@ -158,14 +176,19 @@ def main() -> int:
         run_started = time.monotonic()
         dag_run = dag.test(run_conf={"start_id": 1} if runs == 1 else None)
         with create_session() as session:
-            row = session.scalars(XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag.dag_id, task_ids="compare",
-                                                     key="return_value")).first()
+            row = session.scalars(
+                XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag.dag_id, task_ids="compare", key="return_value")
+            ).first()
             summary = XComModel.deserialize_value(row) if row is not None else {}
         scanned = summary.get("rowsScanned", {}).get("insert")
-        print(f"run {runs}: {dag_run.state}, {time.monotonic() - run_started:.1f} s, scanned {scanned}, "
-              f"recorded {summary.get('recorded')}, cursor "
-              + ", ".join(f"{d['cursorBefore']['insertId']} -> {d['cursorAfter']['insertId']}"
-                          for d in summary.get("destinations", {}).values()))
+        print(
+            f"run {runs}: {dag_run.state}, {time.monotonic() - run_started:.1f} s, scanned {scanned}, "
+            f"recorded {summary.get('recorded')}, cursor "
+            + ", ".join(
+                f"{d['cursorBefore']['insertId']} -> {d['cursorAfter']['insertId']}"
+                for d in summary.get("destinations", {}).values()
+            )
+        )
         caught_up = bool(summary.get("caughtUp"))
         store = DeliveryStore(ConnectionParams(database=SOURCE_DB))
         pending = store.counts(CONFIG)
@@ -179,12 +202,24 @@ def main() -> int:
     receiver.terminate()
     received = {(int(t), str(k)) for t, k in stats["received"]}
     exact = received == planted
-    print(f"end to end: {elapsed:.1f} s in {runs} DAG run(s); {stats['posts']:,} POSTs for {len(planted):,} planted "
-          f"mismatches; received exactly the planted rows: {'YES' if exact else 'NO'}")
+    print(
+        f"end to end: {elapsed:.1f} s in {runs} DAG run(s); {stats['posts']:,} POSTs for {len(planted):,} planted "
+        f"mismatches; received exactly the planted rows: {'YES' if exact else 'NO'}"
+    )
     if not exact:
         print(f"  missing {len(planted - received)}, unexpected {len(received - planted)}")
-    print(json.dumps({"rows": args.rows, "seconds": elapsed, "runs": runs, "posts": stats["posts"],
-                      "planted": len(planted), "exact": exact}))
+    print(
+        json.dumps(
+            {
+                "rows": args.rows,
+                "seconds": elapsed,
+                "runs": runs,
+                "posts": stats["posts"],
+                "planted": len(planted),
+                "exact": exact,
+            }
+        )
+    )
     shutil.rmtree(home, ignore_errors=True)
     return 0 if exact and caught_up else 1
 

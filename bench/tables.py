@@ -29,8 +29,12 @@ def planted_ids(rows: int, missing_per_mille: int, different_per_mille: int) -> 
 
 
 def build(
-    params: ConnectionParams, rows: int, missing_per_mille: int = 10, different_per_mille: int = 10,
-    *, rebuild: bool = False,
+    params: ConnectionParams,
+    rows: int,
+    missing_per_mille: int = 10,
+    different_per_mille: int = 10,
+    *,
+    rebuild: bool = False,
 ) -> float:
     """Create both tables (unless they already hold this exact plan) and return the seconds it took."""
     started = time.monotonic()

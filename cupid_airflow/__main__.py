@@ -91,8 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     purge = add("purge", "delete delivered and resolved items (never undelivered ones unless asked)")
     purge.add_argument("--status", default="delivered,resolved")
     purge.add_argument("--ids", help="only these item ids")
-    purge.add_argument("--i-know-this-loses-data", dest="force", action="store_true",
-                       help="required to purge pending, parked or dead items")
+    purge.add_argument(
+        "--i-know-this-loses-data",
+        dest="force",
+        action="store_true",
+        help="required to purge pending, parked or dead items",
+    )
     args = parser.parse_args(argv)
 
     from cupid_airflow.core.store import UNDELIVERED
@@ -106,15 +110,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             items = store.items(config.name, _statuses(args.status), limit=args.limit)
             for item in items:
                 if args.json:
-                    print(json.dumps({
-                        "id": item.id, "destination": item.destination, "status": item.status, "type": item.type,
-                        "attempts": item.attempts, "lastHttpStatus": item.last_http_status,
-                        "lastError": item.last_error, "detectedAt": item.detected_at,
-                        "idempotencyKey": item.idempotency_key, "body": json.loads(item.body),
-                    }, ensure_ascii=False))
+                    print(
+                        json.dumps(
+                            {
+                                "id": item.id,
+                                "destination": item.destination,
+                                "status": item.status,
+                                "type": item.type,
+                                "attempts": item.attempts,
+                                "lastHttpStatus": item.last_http_status,
+                                "lastError": item.last_error,
+                                "detectedAt": item.detected_at,
+                                "idempotencyKey": item.idempotency_key,
+                                "body": json.loads(item.body),
+                            },
+                            ensure_ascii=False,
+                        )
+                    )
                 else:
-                    print(f"{item.id:>8}  {item.destination:<12} {item.status:<9} type {item.type}  "
-                          f"attempts {item.attempts:<3} {item.detected_at}  {(item.last_error or '')[:80]}")
+                    print(
+                        f"{item.id:>8}  {item.destination:<12} {item.status:<9} type {item.type}  "
+                        f"attempts {item.attempts:<3} {item.detected_at}  {(item.last_error or '')[:80]}"
+                    )
             if not args.json:
                 print(f"{len(items)} item(s)")
         elif args.action == "requeue":

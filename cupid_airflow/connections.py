@@ -38,7 +38,7 @@ def build_sync_plan(config: CupidConfig) -> SyncPlan:
             resolve_connection(des),
             DestinationSpec(name=name, table=des.table, by_column=des.by_column, columns=dict(des.columns)),
         )
-        for name, des in zip(config.destination_names, config.des)
+        for name, des in zip(config.destination_names, config.des, strict=False)
     }
     return SyncPlan(
         config=config.name,

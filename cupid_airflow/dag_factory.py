@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cupid_airflow.core.config import CupidConfig, CupidConfigError, config_name, find_config_files, load_config
+from cupid_airflow.core.config import (
+    CupidConfig,
+    CupidConfigError,
+    config_name,
+    find_config_files,
+    load_config,
+)
 from cupid_airflow.core.store import STORE_TABLE
 from cupid_airflow.cursors import cursor_variable_key
 
@@ -18,7 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONFIG_FOLDER_ENV = "CUPID_CONFIG_FOLDER"
-START_DATE = datetime(2024, 1, 1, tzinfo=timezone.utc)
+START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 class CupidConfigErrors(Exception):
@@ -150,7 +156,7 @@ def _sync_doc(config: CupidConfig) -> str:
         "| destination | table | key | compared columns | callback | cursor Variable |",
         "|---|---|---|---|---|---|",
     ]
-    for name, des in zip(config.destination_names, config.des):
+    for name, des in zip(config.destination_names, config.des, strict=False):
         callback = des.callback_notification
         target = callback.url or f"connection `{callback.http_conn_id}`{callback.endpoint}"
         lines.append(
@@ -164,7 +170,7 @@ def _sync_doc(config: CupidConfig) -> str:
         f"`deliver` ({config.retries} retries, {config.failure_job_retry_second} s apart); what still fails is "
         f"parked for `{config.failure_pool_dag_id}`.",
         "",
-        'Rescan from an id: `airflow dags trigger ' + config.sync_dag_id + " --conf '{\"start_id\": 1}'`.",
+        "Rescan from an id: `airflow dags trigger " + config.sync_dag_id + " --conf '{\"start_id\": 1}'`.",
     ]
     return "\n".join(lines)
 

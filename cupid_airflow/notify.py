@@ -19,8 +19,9 @@ DEAD = "dead"
 TASK_FAILED = "task_failed"
 
 
-def send_alert(config: CupidConfig, event: str, text: str, details: dict[str, Any],
-               context: dict[str, Any] | None = None) -> list[str]:
+def send_alert(
+    config: CupidConfig, event: str, text: str, details: dict[str, Any], context: dict[str, Any] | None = None
+) -> list[str]:
     """Alert every configured webhook and notifier; return the errors (an alert never raises)."""
     notify = config.notify
     wanted = {PARKED: notify.on_parked, DEAD: notify.on_dead, TASK_FAILED: notify.on_task_failure}.get(event, True)
@@ -61,8 +62,12 @@ class TaskFailureAlert:
                 config,
                 TASK_FAILED,
                 f"task {where} failed: {exception}",
-                {"dag_id": getattr(ti, "dag_id", None), "task_id": getattr(ti, "task_id", None),
-                 "run_id": getattr(ti, "run_id", None), "error": str(exception)[:1000]},
+                {
+                    "dag_id": getattr(ti, "dag_id", None),
+                    "task_id": getattr(ti, "task_id", None),
+                    "run_id": getattr(ti, "run_id", None),
+                    "error": str(exception)[:1000],
+                },
                 dict(context),
             )
         except Exception as err:  # never let an alert hide the task's own failure

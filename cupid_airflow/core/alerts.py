@@ -29,10 +29,13 @@ def webhook_body(fmt: str, event: str, text: str, details: dict[str, Any]) -> by
 def send_webhook(url: str, body: bytes, timeout_second: float) -> str | None:
     """POST an alert; return None when delivered, else a short error. Never raises."""
     request = urllib.request.Request(
-        url, data=body, method="POST", headers={"Content-Type": "application/json", "User-Agent": "cupid-airflow"}
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": "cupid-airflow"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout_second) as answer:  # noqa: S310 (configured URL)
+        with urllib.request.urlopen(request, timeout=timeout_second) as answer:
             status = answer.status
     except urllib.error.HTTPError as err:
         return f"HTTP {err.code}"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cupid_airflow.core.sql import quote_identifier, quote_table
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 MISSING = 1
 DIFFERENT = 2

@@ -111,7 +111,8 @@ class Source(_Connection):
     update_interval_millisecond: int = Field(default=2000, ge=100)
     update_scan_second: int = Field(default=5, ge=0)
     update_time_formate: str | None = Field(
-        default=None, validation_alias=AliasChoices("updateTimeFormate", "updateTimeFormat", "update_time_formate")
+        default=None,
+        validation_alias=AliasChoices("updateTimeFormate", "updateTimeFormat", "update_time_formate"),
     )
     late_commit_second: int = Field(default=10, ge=0)
     late_commit_max_rows: int = Field(default=20000, ge=0)

@@ -107,9 +107,7 @@ def deliver(
     :raises RuntimeError: when called from inside a running event loop.
     """
     if _loop_is_running():
-        raise RuntimeError(
-            "deliver() runs its own event loop: call it from synchronous code or a worker thread"
-        )
+        raise RuntimeError("deliver() runs its own event loop: call it from synchronous code or a worker thread")
     items = list(deliveries)
     if not items:
         return []
@@ -155,9 +153,7 @@ class _Run:
         self.next_index = 0
         self.consecutive_failures = 0
         self.breaker_opened_after: int | None = None
-        self.rate_limiter = (
-            _RateLimiter(target.rate_limit_per_second) if target.rate_limit_per_second else None
-        )
+        self.rate_limiter = _RateLimiter(target.rate_limit_per_second) if target.rate_limit_per_second else None
         self.base_headers = {"User-Agent": USER_AGENT}
         self.base_headers.update(
             (name, value) for name, value in target.headers.items() if name.lower() not in _OWN_HEADERS
@@ -168,8 +164,7 @@ class _Run:
         connector = aiohttp.TCPConnector(limit=self.target.concurrency, ssl=self.target.verify_ssl)
         async with aiohttp.ClientSession(connector=connector, timeout=self.timeout) as session:
             workers = [
-                asyncio.create_task(self._worker(session))
-                for _ in range(min(self.target.concurrency, len(self.items)))
+                asyncio.create_task(self._worker(session)) for _ in range(min(self.target.concurrency, len(self.items)))
             ]
             done, pending = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
             for task in pending:

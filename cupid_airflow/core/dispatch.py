@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cupid_airflow.core.compare import DestinationReader, DestinationSpec
 from cupid_airflow.core.delivery import CIRCUIT_OPEN_PREFIX, CallbackTarget, Delivery, DeliveryResult, deliver
 from cupid_airflow.core.payload import PayloadError, source_values
 from cupid_airflow.core.sql import ConnectionParams, connect
 from cupid_airflow.core.store import PENDING, DeliveryStore, StoredItem
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +103,7 @@ def dispatch(
         outcome = outcomes[route.destination] = RouteOutcome()
         after_id = 0
         while time.monotonic() < deadline:
-            items = store.items(config, statuses, destination=route.destination, after_id=after_id,
-                                limit=batch_size)
+            items = store.items(config, statuses, destination=route.destination, after_id=after_id, limit=batch_size)
             if not items:
                 break
             after_id = items[-1].id
@@ -114,8 +115,10 @@ def dispatch(
             finally:
                 buffer.flush()
             if buffer.circuit_open:
-                log.error("destination %s: circuit open after repeated failures; the rest waits for the next try",
-                          route.destination)
+                log.error(
+                    "destination %s: circuit open after repeated failures; the rest waits for the next try",
+                    route.destination,
+                )
                 break
     return outcomes
 
@@ -149,7 +152,10 @@ def _drop_consistent(
     if resolved:
         store.mark_resolved(resolved)
         outcome.resolved += len(resolved)
-        log.info("destination %s: %d item(s) caught up before sending, nothing sent", route.destination,
-                 len(resolved))
+        log.info(
+            "destination %s: %d item(s) caught up before sending, nothing sent",
+            route.destination,
+            len(resolved),
+        )
     dropped = set(resolved)
     return [i for i in items if i.id not in dropped]

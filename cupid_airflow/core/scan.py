@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cupid_airflow.core.sql import literal_int, quote_identifier, quote_table, split_table
 from cupid_airflow.core.timeformat import epoch_scale, php_to_mysql_format
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
 
 DATETIME_TYPES = {"datetime", "timestamp"}
 INTEGER_TYPES = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint", "decimal"}
@@ -200,12 +202,10 @@ class SourceReader:
         if not ids:
             return {}
         cursor = self.conn.cursor()
-        cursor.execute(
-            f"SELECT * FROM {self.table} WHERE {self._id} IN ({', '.join(literal_int(i) for i in ids)})"
-        )
+        cursor.execute(f"SELECT * FROM {self.table} WHERE {self._id} IN ({', '.join(literal_int(i) for i in ids)})")
         names = [d[0].decode() if isinstance(d[0], bytes) else d[0] for d in cursor.description]
         id_index = [n.lower() for n in names].index(self.id_column.lower())
-        return {int(row[id_index]): dict(zip(names, row)) for row in cursor.fetchall()}
+        return {int(row[id_index]): dict(zip(names, row, strict=False)) for row in cursor.fetchall()}
 
     def _batch(self, rows: list[tuple[Any, ...]], positions: list[bytes | None] | None) -> SourceBatch:
         return SourceBatch(

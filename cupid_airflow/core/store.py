@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cupid_airflow.core.sql import ConnectionParams, connect, literal_int, quote_table
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
 
 STORE_TABLE = "cupid_delivery"
 
@@ -140,8 +142,16 @@ class DeliveryStore:
                 cursor.executemany(
                     sql,
                     [
-                        (m.config, m.destination, m.row_key, m.version, m.idempotency_key, m.type, m.source_id,
-                         m.body)
+                        (
+                            m.config,
+                            m.destination,
+                            m.row_key,
+                            m.version,
+                            m.idempotency_key,
+                            m.type,
+                            m.source_id,
+                            m.body,
+                        )
                         for m in mismatches[start : start + chunk]
                     ],
                 )
@@ -199,9 +209,13 @@ class DeliveryStore:
 
     def mark_delivered(self, ids: Sequence[int], http_status: int | None = None) -> None:
         """Mark items delivered (a 2xx answer)."""
-        self._set_status(ids, DELIVERED, extra=", delivered_at = NOW(6), attempts = attempts + 1"
-                         + (f", last_http_status = {literal_int(http_status)}" if http_status else "")
-                         + ", last_error = NULL")
+        self._set_status(
+            ids,
+            DELIVERED,
+            extra=", delivered_at = NOW(6), attempts = attempts + 1"
+            + (f", last_http_status = {literal_int(http_status)}" if http_status else "")
+            + ", last_error = NULL",
+        )
 
     def mark_resolved(self, ids: Sequence[int]) -> None:
         """Mark items resolved: the destination caught up before anything was sent."""
@@ -243,8 +257,9 @@ class DeliveryStore:
         )
         return int(cursor.rowcount)
 
-    def purge(self, config: str, statuses: Sequence[str] = (DELIVERED, RESOLVED), ids: Sequence[int] | None = None
-              ) -> int:
+    def purge(
+        self, config: str, statuses: Sequence[str] = (DELIVERED, RESOLVED), ids: Sequence[int] | None = None
+    ) -> int:
         """Delete items of a config in the given statuses."""
         where, args = self._where(config, statuses, ids)
         return int(self._execute(f"DELETE FROM {self.table} WHERE {where}", args).rowcount)
@@ -284,5 +299,6 @@ class DeliveryStore:
             return
         id_list = ", ".join(literal_int(i) for i in ids)
         self._execute(
-            f"UPDATE {self.table} SET status = %s, updated_at = NOW(6){extra} WHERE id IN ({id_list})", (status,)
+            f"UPDATE {self.table} SET status = %s, updated_at = NOW(6){extra} WHERE id IN ({id_list})",
+            (status,),
         )

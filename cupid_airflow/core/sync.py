@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cupid_airflow.core.compare import DestinationReader, DestinationSpec, Difference
 from cupid_airflow.core.payload import build_body, idempotency_key, row_version
@@ -22,6 +22,9 @@ from cupid_airflow.core.scan import (
 )
 from cupid_airflow.core.sql import ConnectionParams, connect
 from cupid_airflow.core.store import DeliveryStore, Mismatch
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +154,9 @@ class SyncRun:
                 insert_done = self._insert_scan() if plan.insert else True
                 update_done = True
                 if plan.update and plan.update_column:
-                    update = UpdateColumn(plan.update_column, types[plan.update_column.lower()],
-                                          plan.update_time_format)
+                    update = UpdateColumn(
+                        plan.update_column, types[plan.update_column.lower()], plan.update_time_format
+                    )
                     update_done = self._update_scan(update)
                 else:
                     update = None
@@ -194,7 +198,8 @@ class SyncRun:
         for state in healthy:
             cursor_id = int(state.cursor["insertId"])
             recent = [
-                (t, i) for t, i in state.cursor.get("recent") or []
+                (t, i)
+                for t, i in state.cursor.get("recent") or []
                 if (now - parse_db_time(t)).total_seconds() <= plan.late_commit_second
             ]
             band_start = min([cursor_id, *(int(i) for _, i in recent)])
@@ -209,9 +214,7 @@ class SyncRun:
         def advance(state: DestinationState, batch: SourceBatch) -> None:
             state.cursor["insertId"] = max(int(state.cursor["insertId"]), batch.ids[-1] + 1)
 
-        return self._scan(
-            "insert", self.source.id_batches(scan_start, plan.batch_size), healthy, skip_for, advance
-        )
+        return self._scan("insert", self.source.id_batches(scan_start, plan.batch_size), healthy, skip_for, advance)
 
     # -- updated rows -------------------------------------------------------------------------
     def _update_scan(self, update: UpdateColumn) -> bool:
@@ -223,7 +226,10 @@ class SyncRun:
             if window:
                 low, high = window
             else:
-                low, high = window_low(state.cursor.get("updateTime"), self.now, self.plan.update_scan_second), self.now
+                low, high = (
+                    window_low(state.cursor.get("updateTime"), self.now, self.plan.update_scan_second),
+                    self.now,
+                )
                 position = None
             key = (low, high, position[0] if position else None, position[1] if position else None)
             groups.setdefault(key, []).append(state)
@@ -300,8 +306,12 @@ class SyncRun:
         if nulls:
             self.null_keys += nulls
             bad = [batch.ids[i] for i, k in enumerate(batch.keys) if k is None][:10]
-            log.warning("%d source row(s) have a NULL %s and cannot be compared (ids %s)", nulls,
-                        self.plan.by_column, bad)
+            log.warning(
+                "%d source row(s) have a NULL %s and cannot be compared (ids %s)",
+                nulls,
+                self.plan.by_column,
+                bad,
+            )
         found: dict[str, list[Difference]] = {}
         for state in states:
             future = futures.get(state.name)
@@ -311,8 +321,12 @@ class SyncRun:
                 rows = future.result()
             except Exception as err:
                 state.error = _describe_error(err, self.plan.destinations[state.name][0])
-                log.error("destination %s failed during the %s scan, its cursor waits: %s", state.name, phase,
-                          state.error)
+                log.error(
+                    "destination %s failed during the %s scan, its cursor waits: %s",
+                    state.name,
+                    phase,
+                    state.error,
+                )
                 continue
             found[state.name] = state.reader.compare(batch.keys, batch.values, rows, skip_for(state, batch))
         self._record(batch, found)
@@ -348,9 +362,7 @@ class SyncRun:
                     detected_at=self.now,
                     idempotency_key=idem,
                 )
-                mismatches.append(
-                    Mismatch(self.plan.config, name, key, version, idem, diff.type, source_id, body)
-                )
+                mismatches.append(Mismatch(self.plan.config, name, key, version, idem, diff.type, source_id, body))
                 state.mismatched.setdefault(diff.type, set()).add(source_id)
         self._unrecorded.extend(mismatches)
         if len(self._unrecorded) >= self.RECORD_EVERY:
@@ -376,10 +388,8 @@ class SyncRun:
 
     def _close_lookup_connections(self) -> None:
         for conn in self._all_conns:
-            try:
+            with contextlib.suppress(Exception):  # closing a broken connection must not hide the run's result
                 conn.close()
-            except Exception:  # closing a broken connection must not hide the run's result
-                pass
         self._all_conns.clear()
 
     # -- summary ------------------------------------------------------------------------------

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from airflow.sdk import Context
 
     from cupid_airflow.core.config import CupidConfig, Destination
@@ -65,14 +66,20 @@ class CallbackOperator(BaseOperator):
                 "tryNumber": context["ti"].try_number,
                 "destinations": {name: o.as_dict() for name, o in outcomes.items()},
             }
-            last_try = context["ti"].try_number > self.retries
+            retries = self.retries or 0
+            last_try = context["ti"].try_number > retries
             if failed and not self.failure_pool and last_try:
                 parked = store.park(config.name, failed)
                 summary["parked"] = parked
                 self.log.error("parked %d item(s) in the failure pool after the last try", parked)
-                self._alert(config, "parked", f"{parked} callback(s) still failing after {self.retries + 1} "
-                            f"tries were parked in the failure pool ({config.failure_pool_dag_id} retries them)",
-                            summary, context)
+                self._alert(
+                    config,
+                    "parked",
+                    f"{parked} callback(s) still failing after {retries + 1} "
+                    f"tries were parked in the failure pool ({config.failure_pool_dag_id} retries them)",
+                    summary,
+                    context,
+                )
             summary["store"] = store.counts(config.name)
         finally:
             store.close()
@@ -93,7 +100,7 @@ class CallbackOperator(BaseOperator):
         from cupid_airflow.core.dispatch import Route
 
         routes = []
-        for name, des in zip(config.destination_names, config.des):
+        for name, des in zip(config.destination_names, config.des, strict=False):
             recheck = None
             if des.callback_notification.recheck:
                 spec = DestinationSpec(name=name, table=des.table, by_column=des.by_column, columns=dict(des.columns))
@@ -151,12 +158,16 @@ class CallbackOperator(BaseOperator):
         killed = store.expire(config.name, max_attempts=pool.max_attempts, max_age_second=pool.max_age_second)
         if killed:
             self.log.error("%d parked item(s) reached the failure pool's limits and are now dead", killed)
-            self._alert(config, "dead", f"{killed} parked callback(s) reached the failure pool's limits and are "
-                        f"now dead; requeue them with `python -m cupid_airflow pool requeue {config.name}`",
-                        {"dead": killed}, context)
+            self._alert(
+                config,
+                "dead",
+                f"{killed} parked callback(s) reached the failure pool's limits and are "
+                f"now dead; requeue them with `python -m cupid_airflow pool requeue {config.name}`",
+                {"dead": killed},
+                context,
+            )
 
-    def _alert(self, config: CupidConfig, event: str, text: str, details: dict[str, Any], context: Context
-               ) -> None:
+    def _alert(self, config: CupidConfig, event: str, text: str, details: dict[str, Any], context: Context) -> None:
         from cupid_airflow.notify import send_alert
 
         send_alert(config, event, text, details, dict(context))

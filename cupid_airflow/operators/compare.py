@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from airflow.sdk import Context
 
 
@@ -53,9 +54,7 @@ class MySqlCompareOperator(BaseOperator):
             self.log.info("start_id=%d given: every destination rescans new rows from id %d", start_id, start_id)
         store = DeliveryStore(resolve_connection(config.state_connection))
         try:
-            summary = SyncRun(
-                build_sync_plan(config), VariableCursorStore(config.name), store, start_id=start_id
-            ).run()
+            summary = SyncRun(build_sync_plan(config), VariableCursorStore(config.name), store, start_id=start_id).run()
         finally:
             store.close()
         for name, destination in summary["destinations"].items():
