@@ -38,6 +38,7 @@ class Difference:
     index: int  # position in the source batch
     type: int
     differences: dict[str, tuple[Value, Value]] = field(default_factory=dict)
+    actual: tuple[Value, ...] | None = None  # the destination's mapped values (type 2)
 
 
 class DestinationReader:
@@ -112,6 +113,7 @@ class DestinationReader:
                             for n, column in enumerate(self.source_columns)
                             if expected[n] != actual[n]
                         },
+                        actual,
                     )
                 )
         return mismatches

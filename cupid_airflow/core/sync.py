@@ -126,6 +126,7 @@ class SyncRun:
         self.rows_scanned = {"insert": 0, "update": 0}
         self.null_keys = 0
         self.vanished = 0
+        self.changed = 0
         self.recorded = 0
         self._unrecorded: list[Mismatch] = []
         self._local = threading.local()
@@ -349,24 +350,46 @@ class SyncRun:
                 if row is None or key is None:
                     self.vanished += 1  # deleted since it was read: nothing left to send
                     continue
-                version = row_version(row)
-                idem = idempotency_key(self.plan.config, name, key, version)
-                body = build_body(
-                    mismatch_type=diff.type,
-                    source_row=row,
-                    destination=name,
-                    destination_table=state.spec.table,
-                    key_column=self.plan.by_column,
-                    row_key=key,
-                    differences=diff.differences or None,
-                    detected_at=self.now,
-                    idempotency_key=idem,
-                )
-                mismatches.append(Mismatch(self.plan.config, name, key, version, idem, diff.type, source_id, body))
+                mismatch = self._mismatch(state, diff, source_id, key, row)
+                if mismatch is None:
+                    self.changed += 1  # changed since it was read: a later scan sees the new version
+                    continue
+                mismatches.append(mismatch)
                 state.mismatched.setdefault(diff.type, set()).add(source_id)
         self._unrecorded.extend(mismatches)
         if len(self._unrecorded) >= self.RECORD_EVERY:
             self._flush()
+
+    def _mismatch(
+        self, state: DestinationState, diff: Difference, source_id: int, key: bytes, row: dict[str, bytes | None]
+    ) -> Mismatch | None:
+        """The mismatch to record, judged on the whole row as it is now; None if the row changed meanwhile."""
+        names = {column.lower(): column for column in row}
+        key_column = names.get(self.plan.by_column.lower())
+        if key_column is None or row[key_column] != key:
+            return None
+        differences: dict[str, tuple[bytes | None, bytes | None]] = {}
+        if diff.actual is not None:
+            for n, column in enumerate(state.reader.source_columns):
+                name = names[column.lower()]
+                if row[name] != diff.actual[n]:
+                    differences[name] = (row[name], diff.actual[n])
+            if not differences:
+                return None
+        version = row_version(row)
+        idem = idempotency_key(self.plan.config, state.name, key, version)
+        body = build_body(
+            mismatch_type=diff.type,
+            source_row=row,
+            destination=state.name,
+            destination_table=state.spec.table,
+            key_column=key_column,
+            row_key=key,
+            differences=differences or None,
+            detected_at=self.now,
+            idempotency_key=idem,
+        )
+        return Mismatch(self.plan.config, state.name, key, version, idem, diff.type, source_id, body)
 
     def _flush(self) -> None:
         """Record buffered mismatches in one transaction (cursors are saved only after this)."""
@@ -414,6 +437,7 @@ class SyncRun:
             "nullKeys": self.null_keys,
             "recorded": self.recorded,
             "vanished": self.vanished,
+            "changedWhileRead": self.changed,
             "newestId": newest_id,
             "newestUpdate": newest_update,
             "caughtUp": complete,
