@@ -5,38 +5,46 @@ from __future__ import annotations
 from typing import Any
 
 
-def cursor_variable_key(config: str, destination: str) -> str:
-    """The Variable that holds one destination's cursor, e.g. ``cupid_user_des0_cursor``."""
-    return f"cupid_{config}_{destination}_cursor"
+def cursor_variable_key(config: str, destination: str, kind: str = "cursor") -> str:
+    """The Variable that holds one destination's cursor (``cupid_user_des0_cursor``) or reconcile checkpoint
+    (``cupid_user_des0_reconcile``)."""
+    return f"cupid_{config}_{destination}_{kind}"
+
+
+DESCRIPTIONS = {
+    "cursor": (
+        "cupid cursor of config {config!r}, destination {destination!r}: insertId is the next source id to scan, "
+        "updateTime the end of the last completed update window (source DB time). Edit insertId to rescan from there."
+    ),
+    "reconcile": (
+        "cupid reconcile checkpoint of config {config!r}, destination {destination!r}: lastKey (base64) is the end "
+        "of the last verified key range. Delete this Variable to start the next reconcile from the beginning."
+    ),
+}
 
 
 class VariableCursorStore:
     """Reads and writes cursors as JSON Variables through the Task SDK (inside a running task)."""
 
-    def __init__(self, config: str) -> None:
+    def __init__(self, config: str, kind: str = "cursor") -> None:
         self.config = config
+        self.kind = kind
 
     def load(self, destination: str) -> dict[str, Any] | None:
         from airflow.sdk import Variable
 
-        value = Variable.get(cursor_variable_key(self.config, destination), default=None, deserialize_json=True)
+        key = cursor_variable_key(self.config, destination, self.kind)
+        value = Variable.get(key, default=None, deserialize_json=True)
         if value is not None and not isinstance(value, dict):
-            raise ValueError(
-                f"Variable {cursor_variable_key(self.config, destination)!r} must hold a JSON object like "
-                '{"insertId": 1}, not ' + repr(value)
-            )
+            raise ValueError(f"Variable {key!r} must hold a JSON object like " + '{"insertId": 1}, not ' + repr(value))
         return value
 
     def save(self, destination: str, cursor: dict[str, Any]) -> None:
         from airflow.sdk import Variable
 
         Variable.set(
-            cursor_variable_key(self.config, destination),
+            cursor_variable_key(self.config, destination, self.kind),
             cursor,
-            description=(
-                f"cupid cursor of config {self.config!r}, destination {destination!r}: insertId is the next "
-                "source id to scan, updateTime the end of the last completed update window (source DB time). "
-                "Edit insertId to rescan from there."
-            ),
+            description=DESCRIPTIONS[self.kind].format(config=self.config, destination=destination),
             serialize_json=True,
         )

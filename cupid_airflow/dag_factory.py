@@ -43,9 +43,10 @@ def config_folder(dags_folder: str | Path) -> Path:
 
 def build_dags(config: CupidConfig) -> dict[str, DAG]:
     """The sync DAG and the failure-pool DAG of one config."""
+    from airflow.providers.standard.operators.empty import EmptyOperator
     from airflow.sdk import DAG, Param
 
-    from cupid_airflow.operators import CallbackOperator, MySqlCompareOperator
+    from cupid_airflow.operators import CallbackOperator, MySqlCompareOperator, MySqlReconcileOperator
 
     tags = ["cupid", f"cupid:{config.name}", *config.tags]
     retry_delay = timedelta(seconds=config.failure_job_retry_second)
@@ -81,7 +82,10 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
             retry_delay=retry_delay,
             trigger_rule="all_done",
         )
-        compare >> deliver
+        # the run fails when either task failed, so run-level alerts and dashboards see it
+        done = EmptyOperator(task_id="done")
+        compare >> deliver >> done
+        compare >> done
     with DAG(
         dag_id=config.failure_pool_dag_id,
         schedule=timedelta(seconds=config.failure_pool.schedule_second),
@@ -93,7 +97,22 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
         default_args={"owner": "cupid", **alerts},
     ) as pool:
         CallbackOperator(task_id="drain", config_path=config.path, failure_pool=True, retries=0)
-    return {sync.dag_id: sync, pool.dag_id: pool}
+    dags = {sync.dag_id: sync, pool.dag_id: pool}
+    if config.reconcile.enabled:
+        schedule = config.reconcile.schedule
+        with DAG(
+            dag_id=config.reconcile_dag_id,
+            schedule=timedelta(seconds=schedule) if isinstance(schedule, int) else schedule,
+            start_date=START_DATE,
+            catchup=False,
+            max_active_runs=1,
+            doc_md=_reconcile_doc(config),
+            tags=tags,
+            default_args={"owner": "cupid", **alerts},
+        ) as reconcile:
+            MySqlReconcileOperator(task_id="reconcile", config_path=config.path, retries=0)
+        dags[reconcile.dag_id] = reconcile
+    return dags
 
 
 def load_dags(dags_folder: str | Path) -> dict[str, DAG]:
@@ -104,7 +123,7 @@ def load_dags(dags_folder: str | Path) -> dict[str, DAG]:
     dags: dict[str, DAG] = {}
     for path in find_config_files(config_folder(dags_folder)):
         name = config_name(path)
-        if wanted and wanted not in (f"cupid_{name}_sync", f"cupid_{name}_failure_pool"):
+        if wanted and wanted not in (f"cupid_{name}_sync", f"cupid_{name}_failure_pool", f"cupid_{name}_reconcile"):
             continue
         try:
             config = load_config(path)
@@ -173,6 +192,18 @@ def _sync_doc(config: CupidConfig) -> str:
         "Rescan from an id: `airflow dags trigger " + config.sync_dag_id + " --conf '{\"start_id\": 1}'`.",
     ]
     return "\n".join(lines)
+
+
+def _reconcile_doc(config: CupidConfig) -> str:
+    section = config.reconcile
+    return (
+        f"# cupid reconcile: `{config.name}`\n\nVerifies the whole source table `{config.src.table}` against every "
+        "destination by checksums of key ranges, and records each missing or different row"
+        f"{' and each row deleted at the source (type 3)' if section.detect_deletes else ''} in the delivery store; "
+        f"`{config.sync_dag_id}`'s `deliver` task sends them. Checkpoints: Variables "
+        + ", ".join(f"`{cursor_variable_key(config.name, n, 'reconcile')}`" for n in config.destination_names)
+        + f"; a run pauses after {section.max_seconds_per_run:g} s and the next one resumes."
+    )
 
 
 def _pool_doc(config: CupidConfig) -> str:

@@ -255,6 +255,39 @@ class FailurePool(_Model):
     batch_size: int = Field(default=10000, ge=1)
 
 
+class Reconcile(_Model):
+    """Full reconciliation by key-range checksums (the ``cupid_<name>_reconcile`` DAG)."""
+
+    enabled: bool = False
+    schedule: str | int = "@daily"
+    detect_deletes: bool = False
+    chunk_size: int = Field(default=10000, ge=10)
+    min_chunk_size: int = Field(default=1000, ge=10)
+    max_chunk_size: int = Field(default=200000, ge=10)
+    target_chunk_second: float = Field(default=0.5, gt=0)
+    max_seconds_per_run: float = Field(default=1800.0, gt=0)
+    max_chunks_per_run: int | None = Field(default=None, ge=1)
+    max_threads_running: int | None = Field(default=None, ge=1)
+    max_replica_lag_second: int | None = Field(default=None, ge=0)
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str | int) -> str | int:
+        if isinstance(value, int):
+            if value < 60:
+                raise ValueError(f"{value} is not accepted: a reconcile schedule in seconds must be 60 or more")
+            return value
+        from croniter import croniter
+
+        presets = ("@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@once")
+        if value not in presets and not croniter.is_valid(value):
+            raise ValueError(
+                f"{value!r} is not a cron expression (e.g. '0 3 * * *'), a preset ({', '.join(presets)}) "
+                "or a number of seconds"
+            )
+        return value
+
+
 class CupidConfig(_Model):
     """One cupid config file: one source table, one or more destinations."""
 
@@ -269,6 +302,7 @@ class CupidConfig(_Model):
     state: StateConnection | None = None
     failure_pool: FailurePool = Field(default_factory=FailurePool)
     notify: Notify = Field(default_factory=Notify)
+    reconcile: Reconcile = Field(default_factory=Reconcile)
     tags: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -291,6 +325,10 @@ class CupidConfig(_Model):
     @property
     def failure_pool_dag_id(self) -> str:
         return f"cupid_{self.name}_failure_pool"
+
+    @property
+    def reconcile_dag_id(self) -> str:
+        return f"cupid_{self.name}_reconcile"
 
     @property
     def schedule(self) -> timedelta:

@@ -89,6 +89,7 @@ def build_body(
     differences: Mapping[str, tuple[bytes | None, bytes | None]] | None,
     detected_at: str,
     idempotency_key: str,
+    destination_row: Mapping[str, bytes | None] | None = None,
 ) -> bytes:
     """Return the compact UTF-8 JSON body POSTed to the callback.
 
@@ -115,6 +116,8 @@ def build_body(
     :param differences: source column -> (source value, destination value), for type 2.
     :param detected_at: when the mismatch was found, ISO 8601.
     :param idempotency_key: the key from :func:`idempotency_key`.
+    :param destination_row: for type 3, the destination row whose source row is gone; sent as
+        ``desColumn`` (encoded like ``srcColumn``, binary columns in ``binaryDestinationColumns``).
     """
     if mismatch_type not in MISMATCH_TYPES:
         raise ValueError(f"mismatch type {mismatch_type!r} is not one of {MISMATCH_TYPES}")
@@ -138,6 +141,10 @@ def build_body(
         body["differences"], body["binaryDestinationColumns"] = _differences(
             differences or {}, source_row, binary_names
         )
+    if destination_row is not None:
+        binary_destination = [n for n, v in destination_row.items() if v is not None and not _is_text(v)]
+        body["desColumn"] = {n: _encode(v, n in binary_destination) for n, v in destination_row.items()}
+        body["binaryDestinationColumns"] = binary_destination
     body["detectedAt"] = detected_at
     body["idempotencyKey"] = idempotency_key
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

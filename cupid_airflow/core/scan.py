@@ -67,7 +67,8 @@ class UpdateColumn:
                     f"update column {column!r} is a {data_type} column: set src.updateTimeFormate to the "
                     "PHP date format it is written in (e.g. 'Y-m-d H:i:s')"
                 )
-            mysql_format = php_to_mysql_format(php_format).replace("'", "''")
+            # '%' doubled: these queries always go through parameter formatting (see SourceReader._query)
+            mysql_format = php_to_mysql_format(php_format).replace("'", "''").replace("%", "%%")
             self.kind = "string"
             if _sorts_as_text(php_format):
                 self._bound = f"DATE_FORMAT(%s, '{mysql_format}')"
@@ -120,7 +121,7 @@ class SourceReader:
 
     def _query(self, sql: str, args: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         cursor = self.conn.cursor()
-        cursor.execute(sql, args)
+        cursor.execute(sql, tuple(args or ()))  # always formatted, so a literal '%' is written '%%'
         return list(cursor.fetchall())
 
     def now(self) -> str:

@@ -147,20 +147,16 @@ class SyncRun:
                 database=plan.source.database,
             )
             types = self.source.check(plan.update_column if plan.update else None)
+            update = None
+            if plan.update and plan.update_column:  # an unusable update column fails before anything is scanned
+                update = UpdateColumn(plan.update_column, types[plan.update_column.lower()], plan.update_time_format)
             self.now = self.source.now()
             self.store.ensure_schema()
             self.states = self._load_states()
             with ThreadPoolExecutor(max(1, plan.lookup_connections), thread_name_prefix="cupid-lookup") as pool:
                 self.pool = pool
                 insert_done = self._insert_scan() if plan.insert else True
-                update_done = True
-                if plan.update and plan.update_column:
-                    update = UpdateColumn(
-                        plan.update_column, types[plan.update_column.lower()], plan.update_time_format
-                    )
-                    update_done = self._update_scan(update)
-                else:
-                    update = None
+                update_done = self._update_scan(update) if update is not None else True
             for state in self.states.values():
                 if state.cursor != state.before:
                     self.cursors.save(state.name, state.cursor)
@@ -195,14 +191,9 @@ class SyncRun:
             return False
         band_cap = min(plan.late_commit_max_rows, plan.max_rows_per_run // 2)
         starts: dict[str, int] = {}
-        now = parse_db_time(self.now)
         for state in healthy:
             cursor_id = int(state.cursor["insertId"])
-            recent = [
-                (t, i)
-                for t, i in state.cursor.get("recent") or []
-                if (now - parse_db_time(t)).total_seconds() <= plan.late_commit_second
-            ]
+            recent = _recent_passes(state.cursor.get("recent") or [], plan.late_commit_second)
             band_start = min([cursor_id, *(int(i) for _, i in recent)])
             starts[state.name] = max(band_start, cursor_id - band_cap, 1)
             state.cursor["recent"] = [*recent, (self.now, cursor_id)][-50:]
@@ -215,7 +206,8 @@ class SyncRun:
         def advance(state: DestinationState, batch: SourceBatch) -> None:
             state.cursor["insertId"] = max(int(state.cursor["insertId"]), batch.ids[-1] + 1)
 
-        return self._scan("insert", self.source.id_batches(scan_start, plan.batch_size), healthy, skip_for, advance)
+        done = self._scan("insert", self.source.id_batches(scan_start, plan.batch_size), healthy, skip_for, advance)
+        return done and len(healthy) == len(self.states)
 
     # -- updated rows -------------------------------------------------------------------------
     def _update_scan(self, update: UpdateColumn) -> bool:
@@ -443,6 +435,25 @@ class SyncRun:
             "caughtUp": complete,
             "destinations": destinations,
         }
+
+
+def _recent_passes(recent: list[Any], late_commit_second: int) -> list[tuple[str, int]]:
+    """The earlier runs whose rows may still see late commits.
+
+    A run's entry (start time, insert cursor) is kept until some later run
+    that started at least ``late_commit_second`` after it has completed,
+    however long ago that was: downtime never shortens the late-commit
+    guarantee.
+    """
+    if late_commit_second <= 0:
+        return []
+    starts = [parse_db_time(t) for t, _ in recent]
+    kept = []
+    for n, (t, i) in enumerate(recent):
+        if any((later - starts[n]).total_seconds() >= late_commit_second for later in starts[n + 1 :]):
+            continue
+        kept.append((t, int(i)))
+    return kept
 
 
 def _visible(cursor: dict[str, Any]) -> dict[str, Any]:

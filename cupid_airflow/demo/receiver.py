@@ -1,4 +1,4 @@
-"""The demo callback receiver: prints one line per cupid callback; can be told to fail (503) to show the failure pool."""
+"""The demo callback receiver: one printed line per cupid callback; told to fail (503), it shows the failure pool."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "cupid-demo-receiver"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         """Silence the default access log: the receiver prints its own lines."""
 
     def _answer(self, status: int, document: Any) -> None:
@@ -139,6 +139,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         line = describe(body)
         key = self.headers.get("Idempotency-Key") or body.get("idempotencyKey")
+        duplicate = False
         with state.lock:
             failing = state.failing
             if failing:
@@ -174,9 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="print nothing but the start line")
     args = parser.parse_args(argv)
 
-    state = ReceiverState(failing=args.fail)
+    state = ReceiverState(failing=args.fail, quiet=args.quiet)
     server = ReceiverServer((args.host, args.port), state)
-    host, port = server.server_address[:2]
+    host, port = str(args.host), int(server.server_address[1])
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(0)
@@ -188,7 +189,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({'failing: answers 503' if args.fail else 'answers 200'}; POST /control/fail or /control/ok to switch)",
         flush=True,
     )
-    state.quiet = args.quiet
     try:
         server.serve_forever(poll_interval=0.2)
     except SystemExit:
