@@ -19,11 +19,11 @@ class Planted:
     different: frozenset[int]
 
 
-def planted_ids(rows: int, missing_per_mille: int, different_per_mille: int) -> Planted:
-    """Ids planted as missing (``id % 1000 < missing``) and different (the next ``different`` residues)."""
-    missing = frozenset(i for i in range(1, rows + 1) if i % 1000 < missing_per_mille)
+def planted_ids(rows: int, missing_per_mille: int, different_per_mille: int, per: int = 1000) -> Planted:
+    """Ids planted as missing (``id % per < missing``) and different (the next ``different`` residues)."""
+    missing = frozenset(i for i in range(1, rows + 1) if i % per < missing_per_mille)
     different = frozenset(
-        i for i in range(1, rows + 1) if missing_per_mille <= i % 1000 < missing_per_mille + different_per_mille
+        i for i in range(1, rows + 1) if missing_per_mille <= i % per < missing_per_mille + different_per_mille
     )
     return Planted(missing, different)
 
@@ -35,26 +35,30 @@ def build(
     different_per_mille: int = 10,
     *,
     rebuild: bool = False,
+    per: int = 1000,
+    source_db: str = SOURCE_DB,
+    destination_db: str = DESTINATION_DB,
+    destination_id: bool = False,
 ) -> float:
     """Create both tables (unless they already hold this exact plan) and return the seconds it took."""
     started = time.monotonic()
     conn = connect(params)
     cursor = conn.cursor()
-    tag = f"{rows}:{missing_per_mille}:{different_per_mille}:v2"
-    cursor.execute(f"CREATE DATABASE IF NOT EXISTS {SOURCE_DB} CHARACTER SET utf8mb4")
-    cursor.execute(f"CREATE DATABASE IF NOT EXISTS {DESTINATION_DB} CHARACTER SET utf8mb4")
+    tag = f"{rows}:{missing_per_mille}:{different_per_mille}:{per}:{int(destination_id)}:v2"
+    cursor.execute(f"CREATE DATABASE IF NOT EXISTS {source_db} CHARACTER SET utf8mb4")
+    cursor.execute(f"CREATE DATABASE IF NOT EXISTS {destination_db} CHARACTER SET utf8mb4")
     cursor.execute(
         "SELECT TABLE_COMMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = 'user'",
-        (DESTINATION_DB,),
+        (destination_db,),
     )
     found = cursor.fetchall()
     if found and found[0][0].decode() == tag and not rebuild:
         conn.close()
         return 0.0
-    cursor.execute(f"DROP TABLE IF EXISTS {SOURCE_DB}.user")
-    cursor.execute(f"DROP TABLE IF EXISTS {DESTINATION_DB}.user")
+    cursor.execute(f"DROP TABLE IF EXISTS {source_db}.user")
+    cursor.execute(f"DROP TABLE IF EXISTS {destination_db}.user")
     cursor.execute(
-        f"""CREATE TABLE {SOURCE_DB}.user (
+        f"""CREATE TABLE {source_db}.user (
           id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
           number VARCHAR(32) NOT NULL,
           name VARCHAR(64) NULL,
@@ -69,7 +73,8 @@ def build(
         ) ENGINE=InnoDB"""
     )
     cursor.execute(
-        f"""CREATE TABLE {DESTINATION_DB}.user (
+        f"""CREATE TABLE {destination_db}.user (
+          {"id BIGINT UNSIGNED NOT NULL, KEY ix_id (id)," if destination_id else ""}
           number VARCHAR(32) NOT NULL PRIMARY KEY,
           name VARCHAR(64) NULL,
           avatar VARCHAR(255) NULL
@@ -80,25 +85,25 @@ def build(
     for low in range(1, rows + 1, step):
         high = min(rows, low + step - 1)
         cursor.execute(
-            f"""INSERT INTO {SOURCE_DB}.user (id, number, name, avatar, email, balance, bio, created_at, update_time)
+            f"""INSERT INTO {source_db}.user (id, number, name, avatar, email, balance, bio, created_at, update_time)
             SELECT seq, SUBSTRING(MD5(seq), 1, 20),
               CONCAT('name ', seq),
               IF(seq % 7 = 0, NULL, CONCAT('https://img.example.com/a/', seq, '.png')),
               CONCAT('u', seq, '@example.com'), seq / 100, REPEAT('bio ', seq % 20),
               '2024-01-01 00:00:00' + INTERVAL seq SECOND, '2024-06-01 00:00:00' + INTERVAL seq SECOND
-            FROM {SOURCE_DB}.seq_{low}_to_{high}"""
+            FROM {source_db}.seq_{low}_to_{high}"""
         )
         cursor.execute(
-            f"""INSERT INTO {DESTINATION_DB}.user (number, name, avatar)
-            SELECT number,
-              IF(id % 1000 >= {missing_per_mille} AND id % 1000 < {missing_per_mille + different_per_mille}
+            f"""INSERT INTO {destination_db}.user ({"id, " if destination_id else ""}number, name, avatar)
+            SELECT {"id, " if destination_id else ""}number,
+              IF(id % {per} >= {missing_per_mille} AND id % {per} < {missing_per_mille + different_per_mille}
                  AND id % 2 = 0, CONCAT(name, ' (stale)'), name),
-              IF(id % 1000 >= {missing_per_mille} AND id % 1000 < {missing_per_mille + different_per_mille}
+              IF(id % {per} >= {missing_per_mille} AND id % {per} < {missing_per_mille + different_per_mille}
                  AND id % 2 = 1, IF(avatar IS NULL, '', NULL), avatar)
-            FROM {SOURCE_DB}.user WHERE id BETWEEN {low} AND {high} AND id % 1000 >= {missing_per_mille}"""
+            FROM {source_db}.user WHERE id BETWEEN {low} AND {high} AND id % {per} >= {missing_per_mille}"""
         )
-    cursor.execute(f"ANALYZE TABLE {SOURCE_DB}.user, {DESTINATION_DB}.user")
+    cursor.execute(f"ANALYZE TABLE {source_db}.user, {destination_db}.user")
     cursor.fetchall()
-    cursor.execute(f"ALTER TABLE {DESTINATION_DB}.user COMMENT = '{tag}'")
+    cursor.execute(f"ALTER TABLE {destination_db}.user COMMENT = '{tag}'")
     conn.close()
     return time.monotonic() - started
