@@ -83,6 +83,9 @@ class CallbackOperator(BaseOperator):
             summary["store"] = store.counts(config.name)
         finally:
             store.close()
+        from cupid_airflow.metrics import delivery_metrics, publish
+
+        publish(delivery_metrics(summary))
         self.log.info("cupid delivery summary: %s", json.dumps(summary, sort_keys=True))
         if failed:
             context["ti"].xcom_push(key="return_value", value=summary)

@@ -68,6 +68,9 @@ class MySqlCompareOperator(BaseOperator):
                 destination["lagRows"],
                 f"; ERROR {destination['error']}" if destination["error"] else "",
             )
+        from cupid_airflow.metrics import publish, sync_metrics
+
+        publish(sync_metrics(summary))
         self.log.info("cupid summary: %s", json.dumps(summary, sort_keys=True))
         broken = {n: d["error"] for n, d in summary["destinations"].items() if d["error"]}
         if broken:
