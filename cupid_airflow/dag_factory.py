@@ -120,31 +120,53 @@ def load_dags(dags_folder: str | Path) -> dict[str, DAG]:
     from airflow.sdk import get_parsing_context
 
     wanted = get_parsing_context().dag_id
+    files, _ = _config_files(dags_folder)
     dags: dict[str, DAG] = {}
-    for path in find_config_files(config_folder(dags_folder)):
-        name = config_name(path)
+    for name, path in files.items():
         if wanted and wanted not in (f"cupid_{name}_sync", f"cupid_{name}_failure_pool", f"cupid_{name}_reconcile"):
             continue
         try:
-            config = load_config(path)
-        except (CupidConfigError, OSError) as err:
+            dags.update(build_dags(_load(path)))
+        except Exception as err:  # one config never drops the others
             log.warning("skipping config %s: %s", path, err)
-            continue
-        dags.update(build_dags(config))
     return dags
 
 
 def config_errors(dags_folder: str | Path) -> list[str]:
     """One line per broken config file of the configs folder."""
-    errors: list[str] = []
-    for path in find_config_files(config_folder(dags_folder)):
+    files, errors = _config_files(dags_folder)
+    for path in files.values():
         try:
-            load_config(path)
+            _load(path)
         except CupidConfigError as err:
             errors.append(str(err))
-        except OSError as err:
-            errors.append(f"{path}: cannot be read: {err}")
     return errors
+
+
+def _config_files(dags_folder: str | Path) -> tuple[dict[str, Path], list[str]]:
+    """Config files by config name, and an error for each name that several files claim."""
+    by_name: dict[str, list[Path]] = {}
+    for path in find_config_files(config_folder(dags_folder)):
+        by_name.setdefault(config_name(path), []).append(path)
+    errors = [
+        f"{', '.join(map(str, paths))}: these files all name the config {name!r}, whose DAG ids, cursors and "
+        "delivery-store items would collide; keep one of them"
+        for name, paths in by_name.items()
+        if len(paths) > 1
+    ]
+    return {name: paths[0] for name, paths in by_name.items() if len(paths) == 1}, errors
+
+
+def _load(path: Path) -> CupidConfig:
+    """Load a config; every failure is a :class:`CupidConfigError` naming the file."""
+    try:
+        return load_config(path)
+    except CupidConfigError:
+        raise
+    except OSError as err:
+        raise CupidConfigError(path, [f"cannot be read: {err}"]) from err
+    except Exception as err:
+        raise CupidConfigError(path, [f"{type(err).__name__}: {err}"]) from err
 
 
 def raise_config_errors(dags_folder: str | Path) -> None:
@@ -177,7 +199,9 @@ def _sync_doc(config: CupidConfig) -> str:
     ]
     for name, des in zip(config.destination_names, config.des, strict=False):
         callback = des.callback_notification
-        target = callback.url or f"connection `{callback.http_conn_id}`{callback.endpoint}"
+        target = (
+            _masked_url(callback.url) if callback.url else f"connection `{callback.http_conn_id}`{callback.endpoint}"
+        )
         lines.append(
             f"| {name} | `{des.table}` ({des.describe()}) | `{des.by_column}` | {', '.join(des.columns)} | "
             f"{target} | `{cursor_variable_key(config.name, name)}` |"
@@ -192,6 +216,18 @@ def _sync_doc(config: CupidConfig) -> str:
         "Rescan from an id: `airflow dags trigger " + config.sync_dag_id + " --conf '{\"start_id\": 1}'`.",
     ]
     return "\n".join(lines)
+
+
+def _masked_url(url: str) -> str:
+    """A URL without its password and query string (tokens often live there)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{host}" if ":" in userinfo else f"{userinfo}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
 
 
 def _reconcile_doc(config: CupidConfig) -> str:

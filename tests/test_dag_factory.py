@@ -210,11 +210,6 @@ def _yaml_config() -> str:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: user.json and user.yaml both claim cupid_user_*; neither is reported and the "
-    "DagBag keeps an arbitrary mix of the two configs' DAGs",
-)
 def test_two_config_files_with_the_same_stem_are_reported(tmp_path: Path) -> None:
     folder = make_dags_folder(tmp_path, {"user.json": config_text(), "user.yaml": _yaml_config()})
 
@@ -225,11 +220,6 @@ def test_two_config_files_with_the_same_stem_are_reported(tmp_path: Path) -> Non
     assert not {"cupid_user_sync", "cupid_user_failure_pool"} & set(bag.dag_ids)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: read_config_data (core/config.py) lets UnicodeDecodeError escape, so one "
-    "non-UTF-8 config drops every cupid DAG and the import error does not name the file",
-)
 def test_a_config_that_is_not_utf8_is_one_named_error_and_the_others_still_load(tmp_path: Path) -> None:
     folder = make_dags_folder(tmp_path, {"alpha.json": config_text()})
     # a GBK-encoded comment, as an editor on a Chinese Windows desktop would save it
@@ -368,10 +358,6 @@ def test_sync_dag_uses_configured_retries_and_the_only_enabled_interval(tmp_path
     assert sync.schedule == timedelta(milliseconds=2500)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: _sync_doc (dag_factory.py) prints the callback URL as is, credentials included",
-)
 def test_doc_md_hides_credentials_in_the_callback_url(tmp_path: Path) -> None:
     url = "https://bot:hunter2@hooks.example.com/cupid/callback"
     sync = build_dags(load_config(_config_file(tmp_path, "hook.json", config_text(callback_url=url))))[

@@ -388,7 +388,10 @@ def config_name(path: str | Path) -> str:
 def read_config_data(path: str | Path) -> dict[str, Any]:
     """Read a config file's raw mapping (no validation)."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise CupidConfigError(path, [f"not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"]) from None
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 

@@ -48,9 +48,10 @@ def fetch_received(url: str, timeout: float = 5.0) -> list[dict[str, Any]]:
 
 
 def describe_compare(summary: dict[str, Any]) -> list[str]:
+    scanned = summary.get("rowsScanned") or {}
     lines = [
-        f"compare: scanned {summary.get('rowsScanned')} rows, recorded {summary.get('recorded')} new mismatch(es), "
-        f"caught up: {summary.get('caughtUp')}"
+        f"compare: scanned {scanned.get('insert', 0)} new and {scanned.get('update', 0)} updated row(s), "
+        f"recorded {summary.get('recorded')} new mismatch(es), caught up: {summary.get('caughtUp')}"
     ]
     for name, destination in (summary.get("destinations") or {}).items():
         lines.append(

@@ -25,6 +25,7 @@ class ReceiverState:
 
     def __init__(self, *, failing: bool = False, quiet: bool = False) -> None:
         self.lock = threading.Lock()
+        self.print_lock = threading.Lock()
         self.failing = failing
         self.quiet = quiet
         self.received: list[dict[str, Any]] = []
@@ -38,7 +39,9 @@ class ReceiverState:
 
     def say(self, line: str) -> None:
         if not self.quiet:
-            print(f"receiver {datetime.now():%H:%M:%S} | {line}", flush=True)
+            with self.print_lock:  # one whole line at a time, whatever the number of handler threads
+                sys.stdout.write(f"receiver {datetime.now():%H:%M:%S} | {line}\n")
+                sys.stdout.flush()
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
