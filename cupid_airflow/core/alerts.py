@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import urllib.error
 import urllib.request
 from typing import Any
@@ -27,12 +28,20 @@ def webhook_body(fmt: str, event: str, text: str, details: dict[str, Any]) -> by
 
 
 def send_webhook(url: str, body: bytes, timeout_second: float) -> str | None:
-    """POST an alert; return None when delivered, else a short error. Never raises."""
+    """POST an alert; return None when delivered, else a short error. Never raises, never takes much longer
+    than ``timeout_second`` in all (a webhook that trickles its answer is abandoned)."""
+    outcome: list[str | None] = []
+    worker = threading.Thread(target=lambda: outcome.append(_post(url, body, timeout_second)), daemon=True)
+    worker.start()
+    worker.join(timeout_second)
+    if not outcome:
+        return f"no complete answer within {timeout_second:g} s"
+    return outcome[0]
+
+
+def _post(url: str, body: bytes, timeout_second: float) -> str | None:
     request = urllib.request.Request(
-        url,
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": "cupid-airflow"},
+        url, data=body, method="POST", headers={"Content-Type": "application/json", "User-Agent": "cupid-airflow"}
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout_second) as answer:

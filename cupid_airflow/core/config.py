@@ -256,19 +256,52 @@ class FailurePool(_Model):
 
 
 class Reconcile(_Model):
-    """Full reconciliation by key-range checksums (the ``cupid_<name>_reconcile`` DAG)."""
+    """Full reconciliation by hash-bucket checksums (the ``cupid_<name>_reconcile`` DAG).
+
+    Keys (camelCase in config files):
+
+    - ``enabled``: generate the reconcile DAG (default false).
+    - ``schedule``: a cron expression, a preset (``@daily``) or a number of seconds (60 or more).
+    - ``detectDeletes``: record destination rows whose key is not in the source as type 3
+      (deleted at source); otherwise they are only counted (``extraNotRecorded``).
+    - ``chunkSize``: rows of each table's first chunk query; later chunks follow ``targetChunkSecond``.
+    - ``minChunkSize`` / ``maxChunkSize``: bounds of the adaptive chunk size, in rows.
+    - ``targetChunkSecond``: chunk sizes adapt so one chunk query takes about this long.
+    - ``maxSecondsPerRun``: a run pauses (checkpoints) after this long; the next run resumes.
+    - ``maxChunksPerRun``: a run pauses after this many chunk queries on either table (none: no limit).
+    - ``maxThreadsRunning``: wait while a server's ``Threads_running`` is above this (none: no gate).
+    - ``maxReplicaLagSecond``: wait while a server that is a replica lags more than this (none: no gate).
+    - ``loadWaitSecond``: how long to wait before checking a busy server again.
+    - ``bucketRows``: rows per hash bucket aimed at (the bucket count follows the larger table, 4096 to
+      262144 buckets); fewer rows per bucket make the compare of differing buckets cheaper and the
+      checkpoint bigger.
+    - ``maxCompareRows``: rows of differing buckets (both tables) held in memory at once; more differing
+      rows than this are compared in several passes.
+    - ``checkpointSecond``: write the checkpoint (table ``cupid_reconcile_checkpoint`` in the state
+      database) at least this often while chunk queries run.
+    """
 
     enabled: bool = False
     schedule: str | int = "@daily"
     detect_deletes: bool = False
-    chunk_size: int = Field(default=10000, ge=10)
+    chunk_size: int = Field(default=20000, ge=10)
     min_chunk_size: int = Field(default=1000, ge=10)
-    max_chunk_size: int = Field(default=200000, ge=10)
+    max_chunk_size: int = Field(default=1_000_000, ge=10)
     target_chunk_second: float = Field(default=0.5, gt=0)
     max_seconds_per_run: float = Field(default=1800.0, gt=0)
     max_chunks_per_run: int | None = Field(default=None, ge=1)
     max_threads_running: int | None = Field(default=None, ge=1)
     max_replica_lag_second: int | None = Field(default=None, ge=0)
+    load_wait_second: float = Field(default=1.0, gt=0, le=600)
+    bucket_rows: int = Field(default=32, ge=1, le=100000)
+    max_compare_rows: int = Field(default=100000, ge=1000)
+    checkpoint_second: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _chunk_bounds(self) -> Reconcile:
+        if self.min_chunk_size > self.max_chunk_size:
+            raise ValueError(f"minChunkSize {self.min_chunk_size} is above maxChunkSize {self.max_chunk_size}")
+        return self
 
     @field_validator("schedule")
     @classmethod

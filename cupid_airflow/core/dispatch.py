@@ -55,27 +55,27 @@ class _ResultBuffer:
         self.store = store
         self.outcome = outcome
         self.flush_every = flush_every
-        self.delivered: list[int] = []
+        self.delivered: dict[int | None, list[int]] = {}  # by the answer's HTTP status
         self.failures: list[DeliveryResult] = []
         self.circuit_open = False
 
     def add(self, result: DeliveryResult) -> None:
         if result.ok:
-            self.delivered.append(result.item_id)
+            self.delivered.setdefault(result.http_status, []).append(result.item_id)
         elif result.error and result.error.startswith(CIRCUIT_OPEN_PREFIX):
             self.circuit_open = True
             self.outcome.not_sent += 1
             self.outcome.failed.append(result.item_id)
         else:
             self.failures.append(result)
-        if len(self.delivered) + len(self.failures) >= self.flush_every:
+        if sum(map(len, self.delivered.values())) + len(self.failures) >= self.flush_every:
             self.flush()
 
     def flush(self) -> None:
-        if self.delivered:
-            self.store.mark_delivered(self.delivered)
-            self.outcome.delivered += len(self.delivered)
-            self.delivered = []
+        for http_status, ids in self.delivered.items():
+            self.store.mark_delivered(ids, http_status)
+            self.outcome.delivered += len(ids)
+        self.delivered = {}
         for failure in self.failures:
             self.store.record_failure(failure.item_id, failure.http_status, failure.error or "failed")
             self.outcome.failed.append(failure.item_id)

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS {table} (
   last_http_status INT             NULL,
   last_error       VARCHAR(1024)   NULL,
   detected_at      DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  queued_at        DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
   updated_at       DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
   delivered_at     DATETIME(6)     NULL,
   UNIQUE KEY uq_idempotency (idempotency_key),
@@ -118,8 +119,14 @@ class DeliveryStore:
         return cursor
 
     def ensure_schema(self) -> None:
-        """Create the table when it does not exist yet."""
+        """Create the table when it does not exist yet; add columns that later versions introduced."""
         self._execute(SCHEMA.format(table=self.table))
+        columns = {row[0].decode().lower() for row in self._execute(f"SHOW COLUMNS FROM {self.table}").fetchall()}
+        if "queued_at" not in columns:  # added in 0.1.0's failure-pool requeue
+            self._execute(
+                f"ALTER TABLE {self.table} ADD COLUMN queued_at DATETIME(6) NOT NULL "
+                "DEFAULT CURRENT_TIMESTAMP(6) AFTER detected_at"
+            )
 
     # -- recording (the compare side) ---------------------------------------------------------
     def record(self, mismatches: Sequence[Mismatch], chunk: int = 500) -> int:
@@ -208,13 +215,12 @@ class DeliveryStore:
         ]
 
     def mark_delivered(self, ids: Sequence[int], http_status: int | None = None) -> None:
-        """Mark items delivered (a 2xx answer)."""
+        """Mark items delivered (a 2xx answer, ``http_status``)."""
+        status = "NULL" if http_status is None else literal_int(http_status)
         self._set_status(
             ids,
             DELIVERED,
-            extra=", delivered_at = NOW(6), attempts = attempts + 1"
-            + (f", last_http_status = {literal_int(http_status)}" if http_status else "")
-            + ", last_error = NULL",
+            extra=f", delivered_at = NOW(6), attempts = attempts + 1, last_http_status = {status}, last_error = NULL",
         )
 
     def mark_resolved(self, ids: Sequence[int]) -> None:
@@ -234,8 +240,13 @@ class DeliveryStore:
         return self._move(config, (PENDING,), PARKED, ids)
 
     def requeue(self, config: str, ids: Sequence[int] | None = None, statuses: Sequence[str] = (DEAD,)) -> int:
-        """Put items back into the failure pool (from dead, by default)."""
-        return self._move(config, statuses, PARKED, ids)
+        """Put items back into the failure pool (from dead, by default) with a fresh attempt count and age."""
+        where, args = self._where(config, statuses, ids)
+        cursor = self._execute(
+            f"UPDATE {self.table} SET status = %s, attempts = 0, queued_at = NOW(6), updated_at = NOW(6) WHERE {where}",
+            [PARKED, *args],
+        )
+        return int(cursor.rowcount)
 
     def kill(self, config: str, ids: Sequence[int]) -> int:
         """Move parked items to the dead state (too old or too many attempts)."""
@@ -247,7 +258,7 @@ class DeliveryStore:
         if max_attempts is not None:
             limits.append(f"attempts >= {literal_int(max_attempts)}")
         if max_age_second is not None:
-            limits.append(f"detected_at < NOW(6) - INTERVAL {literal_int(max_age_second)} SECOND")
+            limits.append(f"queued_at < NOW(6) - INTERVAL {literal_int(max_age_second)} SECOND")
         if not limits:
             return 0
         cursor = self._execute(

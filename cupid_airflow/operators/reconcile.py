@@ -1,4 +1,4 @@
-"""MySqlReconcileOperator: verify whole tables by key-range checksums and record what incremental scans missed."""
+"""MySqlReconcileOperator: verify whole tables by hash-bucket checksums and record what incremental scans missed."""
 
 from __future__ import annotations
 
@@ -12,16 +12,26 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
+    from cupid_airflow.core.config import Reconcile
+    from cupid_airflow.core.reconcile import ReconcileSettings
+
 
 class MySqlReconcileOperator(BaseOperator):
     """Verify the whole source table of a cupid config against each destination.
 
-    Ranges of the key whose checksums differ are compared row by row; every
-    mismatch (type 1 missing, 2 different, and 3 deleted at source when
-    ``reconcile.detectDeletes`` is on) goes into the delivery store, from
-    which the sync DAG's ``deliver`` task sends it. Progress is checkpointed
-    in Variables ``cupid_<config>_<destination>_reconcile``: a paused or
-    killed run resumes where it stopped.
+    Both tables are read in their own primary-key order; per hash bucket of
+    the key, row counts and XORs of row hashes are compared, and only rows of
+    differing buckets are fetched. Every mismatch (type 1 missing, 2
+    different, and 3 deleted at source when ``reconcile.detectDeletes`` is
+    on) goes into the delivery store, from which the sync DAG's ``deliver``
+    task sends it.
+
+    A run stops after ``reconcile.maxSecondsPerRun`` (or ``maxChunksPerRun``
+    chunk queries) and checkpoints in table ``cupid_reconcile_checkpoint`` of
+    the state database; the next run resumes there. A small progress summary
+    is mirrored into the Variable ``cupid_<config>_<destination>_reconcile``
+    for the UI. Trigger with ``{"restart": true}`` to drop the checkpoints and
+    start over.
 
     :param config_path: path of the cupid config file (JSON or YAML).
     """
@@ -36,25 +46,14 @@ class MySqlReconcileOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from cupid_airflow.connections import build_sync_plan, resolve_connection
         from cupid_airflow.core.config import load_config
-        from cupid_airflow.core.reconcile import ReconcileRun, ReconcileSettings
+        from cupid_airflow.core.reconcile import CheckpointStore, ReconcileRun
         from cupid_airflow.core.store import DeliveryStore
         from cupid_airflow.cursors import VariableCursorStore
 
         config = load_config(self.config_path)
         plan = build_sync_plan(config)
-        section = config.reconcile
-        settings = ReconcileSettings(
-            detect_deletes=section.detect_deletes,
-            chunk_size=section.chunk_size,
-            min_chunk_size=section.min_chunk_size,
-            max_chunk_size=section.max_chunk_size,
-            target_chunk_second=section.target_chunk_second,
-            max_seconds_per_run=section.max_seconds_per_run,
-            max_chunks_per_run=section.max_chunks_per_run,
-            max_threads_running=section.max_threads_running,
-            max_replica_lag_second=section.max_replica_lag_second,
-        )
-        store = DeliveryStore(resolve_connection(config.state_connection))
+        state = resolve_connection(config.state_connection)
+        store = DeliveryStore(state)
         try:
             summary = ReconcileRun(
                 config=config.name,
@@ -63,9 +62,11 @@ class MySqlReconcileOperator(BaseOperator):
                 id_column=plan.id_column,
                 by_column=plan.by_column,
                 destinations=plan.destinations,
-                settings=settings,
+                settings=reconcile_settings(config.reconcile),
                 store=store,
-                checkpoints=VariableCursorStore(config.name, kind="reconcile"),
+                checkpoints=CheckpointStore(state),
+                progress=VariableCursorStore(config.name, kind="reconcile"),
+                restart=_restart_requested(context),
             ).run()
         finally:
             store.close()
@@ -75,3 +76,31 @@ class MySqlReconcileOperator(BaseOperator):
             context["ti"].xcom_push(key="return_value", value=summary)
             raise RuntimeError("reconcile failed for " + "; ".join(f"{n}: {e}" for n, e in broken.items()))
         return summary
+
+
+def reconcile_settings(section: Reconcile) -> ReconcileSettings:
+    """The core's settings from a config's ``reconcile`` section."""
+    from cupid_airflow.core.reconcile import ReconcileSettings
+
+    return ReconcileSettings(
+        detect_deletes=section.detect_deletes,
+        chunk_size=min(max(section.chunk_size, section.min_chunk_size), section.max_chunk_size),
+        min_chunk_size=section.min_chunk_size,
+        max_chunk_size=section.max_chunk_size,
+        target_chunk_second=section.target_chunk_second,
+        max_seconds_per_run=section.max_seconds_per_run,
+        max_chunks_per_run=section.max_chunks_per_run,
+        max_threads_running=section.max_threads_running,
+        max_replica_lag_second=section.max_replica_lag_second,
+        wait_second=section.load_wait_second,
+        bucket_rows=section.bucket_rows,
+        max_compare_rows=section.max_compare_rows,
+        checkpoint_second=section.checkpoint_second,
+    )
+
+
+def _restart_requested(context: Context) -> bool:
+    """True when the run was triggered with ``{"restart": true}``."""
+    dag_run = context.get("dag_run")
+    conf = getattr(dag_run, "conf", None) or {}
+    return bool(conf.get("restart")) if isinstance(conf, dict) else False

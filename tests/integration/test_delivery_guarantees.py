@@ -1250,12 +1250,12 @@ def test_pool_command_lists_and_requeues_dead_items_which_are_then_delivered(
     unknown = pool_command("list", str(path), "--status", "lost")
     assert unknown.returncode != 0 and "unknown status(es) lost" in unknown.stderr
 
-    # the failure pool gives up on them: one attempt made (maxAttempts=1), or detected 2 h ago (maxAgeSecond=3600)
+    # the failure pool gives up on them: one attempt made (maxAttempts=1), or queued 2 h ago (maxAgeSecond=3600)
     if limit == "maxAgeSecond":
         conn = mariadb.connect(fresh_database)
         try:
             conn.cursor().execute(
-                "UPDATE cupid_delivery SET detected_at = NOW(6) - INTERVAL 2 HOUR WHERE config = %s", (stem,)
+                "UPDATE cupid_delivery SET detected_at = NOW(6) - INTERVAL 2 HOUR, queued_at = NOW(6) - INTERVAL 2 HOUR WHERE config = %s", (stem,)
             )
         finally:
             conn.close()
