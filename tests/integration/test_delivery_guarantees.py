@@ -1255,7 +1255,9 @@ def test_pool_command_lists_and_requeues_dead_items_which_are_then_delivered(
         conn = mariadb.connect(fresh_database)
         try:
             conn.cursor().execute(
-                "UPDATE cupid_delivery SET detected_at = NOW(6) - INTERVAL 2 HOUR, queued_at = NOW(6) - INTERVAL 2 HOUR WHERE config = %s", (stem,)
+                "UPDATE cupid_delivery SET detected_at = NOW(6) - INTERVAL 2 HOUR, "
+                "queued_at = NOW(6) - INTERVAL 2 HOUR WHERE config = %s",
+                (stem,),
             )
         finally:
             conn.close()
