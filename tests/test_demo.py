@@ -36,8 +36,9 @@ def _port_busy(port: int) -> bool:
 
 
 def test_demo_once_delivers_every_planted_mismatch() -> None:
-    if _port_busy(RECEIVER_PORT):
-        pytest.skip(f"port {RECEIVER_PORT} is taken (an interactive demo running?): the demo receiver needs it")
+    assert not _port_busy(RECEIVER_PORT), (
+        f"port {RECEIVER_PORT} is taken (an interactive demo running?): the demo receiver needs it; stop it first"
+    )
     started = time.monotonic()
     # The inherited environment is conftest's (another AIRFLOW_HOME, dags folder and metadata DB): the
     # script must set up its own.
