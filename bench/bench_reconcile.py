@@ -1,12 +1,13 @@
-"""Benchmark the full reconcile: checksums of key ranges on two 1,000,000-row tables.
+"""Benchmark the full reconcile: hash-bucket checksums on two 1,000,000-row tables.
 
-Measures in one run, on the local MariaDB: the floor (streaming both tables'
-mapped columns to a client once), cupid's reconcile of two identical tables,
-cupid's reconcile with 0.1% of rows missing or different (and that it finds
-exactly those), and reladiff 0.6.0 on the same tables (installed into its own
-venv under ``.bench/`` on first use; ``--no-reladiff`` skips it).
+Measures, on the local MariaDB, ``--repeat`` times side by side: the floor
+(streaming both tables' mapped columns to a client once), cupid's reconcile of
+two identical tables, cupid's reconcile with 0.1% of rows missing or different
+(and that it finds exactly those), and reladiff 0.6.0 on the same tables
+(installed into its own venv under ``.bench/`` on first use; ``--no-reladiff``
+skips it). Each reconcile runs in a child process, whose peak RSS is reported.
 
-    .venv/bin/python bench/bench_reconcile.py --rows 1000000
+    .venv/bin/python bench/bench_reconcile.py --rows 1000000 --repeat 3
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import json
 import multiprocessing
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -23,15 +25,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.tables import build, planted_ids  # noqa: E402
-from cupid_airflow.core.compare import DestinationSpec  # noqa: E402
-from cupid_airflow.core.reconcile import ReconcileRun, ReconcileSettings  # noqa: E402
-from cupid_airflow.core.sql import ConnectionParams, connect  # noqa: E402
-from cupid_airflow.core.store import DeliveryStore  # noqa: E402
-from cupid_airflow.core.sync import MemoryCursorStore  # noqa: E402
+from bench.tables import build, planted_ids
+from cupid_airflow.core.compare import DestinationSpec
+from cupid_airflow.core.reconcile import CheckpointStore, ReconcileRun, ReconcileSettings
+from cupid_airflow.core.sql import ConnectionParams, connect
+from cupid_airflow.core.store import DeliveryStore
 
 REPO = Path(__file__).resolve().parent.parent
 STORE_TABLE = "cupid_delivery_bench_reconcile"
+CHECKPOINT_TABLE = "cupid_reconcile_checkpoint_bench"
 IDENTICAL = ("cupid_bench_rsrc", "cupid_bench_rdst")
 DIFFERENT = ("cupid_bench_r1src", "cupid_bench_r1dst")
 COLUMNS = {"number": "number", "name": "name", "avatar": "avatar"}
@@ -57,19 +59,22 @@ def run_reconcile(databases: tuple[str, str], out: Any) -> None:
         destinations={"des0": (_params(destination_db), DestinationSpec("des0", "user", "number", COLUMNS))},
         settings=ReconcileSettings(),
         store=store,
-        checkpoints=MemoryCursorStore(),
+        checkpoints=CheckpointStore(_params(source_db), table=CHECKPOINT_TABLE),
+        restart=True,
     ).run()
     elapsed = time.monotonic() - started
     cursor = store.conn.cursor()
     cursor.execute(f"SELECT type, source_id FROM {STORE_TABLE}")
     found = [(int(t), int(i)) for t, i in cursor.fetchall()]
     store.close()
-    out.send({
-        "seconds": elapsed,
-        "summary": summary["destinations"]["des0"],
-        "found": found,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    })
+    out.send(
+        {
+            "seconds": elapsed,
+            "summary": summary["destinations"]["des0"],
+            "found": found,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+    )
 
 
 def reconcile(databases: tuple[str, str]) -> dict[str, Any]:
@@ -95,7 +100,13 @@ def floor(databases: tuple[str, str]) -> float:
     return time.monotonic() - started
 
 
-def reladiff(databases: tuple[str, str], timeout: float) -> float | None:
+def reladiff(databases: tuple[str, str], timeout: float, threads: int) -> tuple[float, str] | None:
+    """Seconds reladiff took and its stats line (rows exclusive to each side, updated), or None when it failed.
+
+    reladiff 0.6.0 exits 0 even when it fails: a run counts only when it printed its stats. Its default
+    sorting of the differences crashes on rows with NULLs (``'<' not supported between ... 'NoneType'``),
+    so ``--skip-sort-results`` is passed; ``hashdiff`` is what it picks for tables in two databases.
+    """
     venv = REPO / ".bench" / "reladiff-venv"
     binary = venv / "bin" / "reladiff"
     if not binary.exists():
@@ -121,64 +132,108 @@ def reladiff(databases: tuple[str, str], timeout: float) -> float | None:
         "-c",
         "avatar",
         "--stats",
+        "--algorithm",
+        "hashdiff",
+        "--skip-sort-results",
+        "--threads",
+        str(threads),
     ]
     started = time.monotonic()
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return None
-    if result.returncode != 0:
-        print(f"reladiff failed ({result.returncode}): {result.stderr.strip()[-500:]}")
+    elapsed = time.monotonic() - started
+    errors = [line for line in result.stderr.splitlines() if " ERROR - " in line]
+    if result.returncode != 0 or errors or "rows in table A" not in result.stdout:
+        print(f"reladiff failed ({result.returncode}): {'; '.join(errors) or result.stderr.strip()[-500:]}")
         return None
-    return time.monotonic() - started
+    stats = [line.strip() for line in result.stdout.splitlines() if "exclusive" in line or "updated" in line]
+    return elapsed, "; ".join(stats)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3, help="measure everything this many times")
     parser.add_argument("--no-reladiff", action="store_true")
     parser.add_argument("--reladiff-timeout", type=float, default=300.0)
+    parser.add_argument("--reladiff-threads", type=int, default=1, help="reladiff's --threads (its default: 1)")
     args = parser.parse_args()
     params = _params()
     for databases, missing, different in ((IDENTICAL, 0, 0), (DIFFERENT, 5, 5)):
         built = build(
-            params, args.rows, missing, different, per=10000, source_db=databases[0], destination_db=databases[1],
+            params,
+            args.rows,
+            missing,
+            different,
+            per=10000,
+            source_db=databases[0],
+            destination_db=databases[1],
             destination_id=True,
         )
-        print(f"{databases[1]}: {args.rows:,} rows ({'built in %.1f s' % built if built else 'reused'})")
-
-    results: dict[str, Any] = {"rows": args.rows}
-    results["floor_second"] = floor(IDENTICAL)
-    print(f"floor: stream both tables' mapped columns once: {results['floor_second']:.2f} s")
-
-    same = reconcile(IDENTICAL)
-    results["identical_second"] = same["seconds"]
-    print(
-        f"cupid reconcile, identical tables: {same['seconds']:.2f} s ({same['seconds'] / results['floor_second']:.2f}x"
-        f" the floor), {same['summary']['chunks']} chunks, found {len(same['found'])}, "
-        f"peak RSS {same['peak_rss_mb']:.1f} MB"
-    )
-
-    diff = reconcile(DIFFERENT)
+        print(f"{databases[1]}: {args.rows:,} rows ({f'built in {built:.1f} s' if built else 'reused'})")
     planted = planted_ids(args.rows, 5, 5, per=10000)
     expected = {(1, i) for i in planted.missing} | {(2, i) for i in planted.different}
-    exact = set(diff["found"]) == expected and len(diff["found"]) == len(expected)
-    results.update(different_second=diff["seconds"], exact=exact)
-    print(
-        f"cupid reconcile, 0.1% different: {diff['seconds']:.2f} s ({diff['seconds'] / same['seconds']:.2f}x the "
-        f"identical case), {diff['summary']['chunks']} chunks ({diff['summary']['differingChunks']} differing); "
-        f"planted {len(expected):,}, found {len(diff['found']):,}: {'EXACT' if exact else 'MISMATCH'}"
-    )
 
-    if not args.no_reladiff:
-        seconds = reladiff(DIFFERENT, args.reladiff_timeout)
-        results["reladiff_second"] = seconds
-        if seconds is None:
-            print(f"reladiff 0.6.0 (key id), 0.1% different: did not finish within {args.reladiff_timeout:.0f} s")
-        else:
-            print(f"reladiff 0.6.0 (key id), 0.1% different: {seconds:.2f} s")
+    runs: list[dict[str, Any]] = []
+    all_exact = True
+    for n in range(1, args.repeat + 1):
+        run: dict[str, Any] = {"floor_second": floor(IDENTICAL)}
+        same = reconcile(IDENTICAL)
+        diff = reconcile(DIFFERENT)
+        exact = set(diff["found"]) == expected and len(diff["found"]) == len(expected) and not same["found"]
+        all_exact = all_exact and exact
+        run.update(
+            identical_second=same["seconds"],
+            different_second=diff["seconds"],
+            exact=exact,
+            peak_rss_mb=max(same["peak_rss_mb"], diff["peak_rss_mb"]),
+        )
+        print(
+            f"run {n}: floor {run['floor_second']:.2f} s | identical {same['seconds']:.2f} s "
+            f"({same['seconds'] / run['floor_second']:.2f}x floor; chunks {_chunks(same)}, found {len(same['found'])})"
+            f" | 0.1% different {diff['seconds']:.2f} s ({diff['seconds'] / same['seconds']:.2f}x identical; "
+            f"chunks {_chunks(diff)}, {diff['summary']['differingBuckets']} of {diff['summary']['buckets']} buckets "
+            f"differ; planted {len(expected):,}, found {len(diff['found']):,}: {'EXACT' if exact else 'MISMATCH'})"
+            f" | peak RSS {run['peak_rss_mb']:.1f} MB"
+        )
+        if not args.no_reladiff:
+            measured = reladiff(DIFFERENT, args.reladiff_timeout, args.reladiff_threads)
+            run["reladiff_second"] = measured[0] if measured else None
+            if measured is None:
+                print(
+                    f"run {n}: reladiff 0.6.0 (key id), 0.1% different: no result within {args.reladiff_timeout:.0f} s"
+                )
+            else:
+                seconds, stats = measured
+                print(
+                    f"run {n}: reladiff 0.6.0 (key id, --threads {args.reladiff_threads}), 0.1% different: "
+                    f"{seconds:.2f} s ({stats}); cupid {diff['seconds']:.2f} s, {seconds / diff['seconds']:.1f}x faster"
+                )
+        runs.append(run)
+
+    def median(key: str) -> float | None:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    results: dict[str, Any] = {"rows": args.rows, "runs": runs}
+    for key in ("floor_second", "identical_second", "different_second", "reladiff_second", "peak_rss_mb"):
+        results[f"median_{key}"] = median(key)
+    floor_s, same_s, diff_s = median("floor_second"), median("identical_second"), median("different_second")
+    if floor_s and same_s and diff_s:
+        print(
+            f"median of {len(runs)}: floor {floor_s:.2f} s, identical {same_s:.2f} s ({same_s / floor_s:.2f}x floor), "
+            f"0.1% different {diff_s:.2f} s ({diff_s / same_s:.2f}x identical)"
+            + (f", reladiff {results['median_reladiff_second']:.2f} s" if results["median_reladiff_second"] else "")
+        )
     print(json.dumps(results))
-    return 0 if exact and not same["found"] else 1
+    return 0 if all_exact else 1
+
+
+def _chunks(result: dict[str, Any]) -> str:
+    chunks = result["summary"]["chunks"]
+    return f"{chunks['source']}+{chunks['destination']}"
 
 
 if __name__ == "__main__":

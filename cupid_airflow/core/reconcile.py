@@ -774,6 +774,7 @@ class ReconcileOutcome:
     extra: int = 0
     recorded: int = 0
     changed: int = 0
+    key_bytes_only: int = 0
     duplicate_keys: int = 0
     waited_second: float = 0.0
     seconds: float = 0.0
@@ -798,6 +799,7 @@ class ReconcileOutcome:
             "extraNotRecorded": self.extra,
             "recorded": self.recorded,
             "changedWhileRead": self.changed,
+            "keyBytesOnly": self.key_bytes_only,
             "duplicateKeys": self.duplicate_keys,
             "waitedSecond": round(self.waited_second, 3),
             "seconds": round(self.seconds, 3),
@@ -1243,7 +1245,10 @@ class ReconcileRun:
                     if row[names[c.lower()]] != actual[n]
                 }
                 if not differences:
-                    outcome.changed += 1  # equal now (repaired meanwhile, or only the key's case differs)
+                    if actual_key != key:
+                        outcome.key_bytes_only += 1  # equal but for the key's case, spaces or accents
+                    else:
+                        outcome.changed += 1  # equal now: repaired meanwhile
                     continue
                 mismatches.append(self._mismatch(name, spec, DIFFERENT, key, row, differences, now))
             self._record(mismatches, found, outcome)
@@ -1261,14 +1266,14 @@ class ReconcileRun:
                 found["extra"] += len(gone)
                 continue
             values = destination.mapped_by_key(gone)
-            names = [destination.key.name, *(destination.info[c.lower()].name for c in destination.columns)]
+            columns = [destination.key.name, *(destination.info[c.lower()].name for c in destination.columns)]
             mismatches = []
             for key in gone:
                 held = values.get(key)
                 if held is None:
                     outcome.changed += 1  # deleted at the destination meanwhile
                     continue
-                row = dict(zip(names, [key, *held], strict=True))
+                row = dict(zip(columns, [key, *held], strict=True))
                 mismatches.append(self._mismatch(name, spec, DELETED, key, row, None, now))
             self._record(mismatches, found, outcome)
         return found

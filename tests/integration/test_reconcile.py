@@ -1,0 +1,706 @@
+"""Integration tests of the full reconcile: real MariaDB tables, :class:`ReconcileRun`, the reconcile DAG.
+
+Every test builds its own source and destination tables in a fresh database (the delivery store
+``cupid_delivery`` and the checkpoint table ``cupid_reconcile_checkpoint`` live there too), runs
+:class:`cupid_airflow.core.reconcile.ReconcileRun` and checks what was recorded. The last test runs
+the generated ``cupid_<name>_reconcile`` DAG, then the sync DAG whose ``deliver`` task POSTs what
+the reconcile found to a receiver on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import zlib
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from cupid_airflow.core.compare import DestinationSpec
+from cupid_airflow.core.config import load_config
+from cupid_airflow.core.payload import idempotency_key, row_version
+from cupid_airflow.core.reconcile import CHECKPOINT_TABLE, ReconcileRun, ReconcileSettings, TableSide
+from cupid_airflow.core.sql import ConnectionParams, connect
+from cupid_airflow.core.store import STATUSES, DeliveryStore, StoredItem
+from cupid_airflow.core.sync import MemoryCursorStore, SyncPlan, SyncRun
+from cupid_airflow.cursors import cursor_variable_key
+from cupid_airflow.dag_factory import build_dags
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+    from conftest import AirflowVariables, MariaDB
+
+pytestmark = pytest.mark.integration
+
+CONFIG = "rec"
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def params_for(mariadb: MariaDB, database: str | None) -> ConnectionParams:
+    return ConnectionParams(
+        host=mariadb.host, port=mariadb.port, user=mariadb.user, password=mariadb.password, database=database
+    )
+
+
+def execute(mariadb: MariaDB, database: str | None, *statements: str | tuple[str, Any]) -> None:
+    conn = mariadb.connect(database)
+    try:
+        cursor = conn.cursor()
+        for statement in statements:
+            if isinstance(statement, tuple):
+                cursor.execute(*statement)
+            else:
+                cursor.execute(statement)
+    finally:
+        conn.close()
+
+
+def raw_rows(mariadb: MariaDB, database: str, sql: str) -> list[dict[str, bytes | None]]:
+    """Rows as cupid reads them: raw bytes, None for NULL."""
+    conn = connect(params_for(mariadb, database))
+    try:
+        cursor = conn.cursor()
+        cursor.execute(sql)
+        names = [d[0].decode() if isinstance(d[0], bytes) else d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    finally:
+        conn.close()
+
+
+def scalar(mariadb: MariaDB, database: str, sql: str) -> Any:
+    conn = mariadb.connect(database)
+    try:
+        cursor = conn.cursor()
+        cursor.execute(sql)
+        return cursor.fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def store(mariadb: MariaDB, fresh_database: str) -> Iterator[DeliveryStore]:
+    delivery_store = DeliveryStore(params_for(mariadb, fresh_database))
+    yield delivery_store
+    delivery_store.close()
+
+
+@pytest.fixture
+def other_database(mariadb: MariaDB) -> Iterator[str]:
+    """A second uniquely named database (a destination elsewhere), dropped afterwards."""
+    name = f"cupid_t_other_{secrets.token_hex(6)}"
+    execute(mariadb, None, f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    try:
+        yield name
+    finally:
+        execute(mariadb, None, f"DROP DATABASE IF EXISTS `{name}`")
+
+
+def reconcile(
+    mariadb: MariaDB,
+    source_database: str,
+    destinations: dict[str, tuple[str, DestinationSpec]],
+    store: DeliveryStore,
+    *,
+    config: str = CONFIG,
+    table: str = "src",
+    by_column: str = "code",
+    progress: MemoryCursorStore | None = None,
+    **settings: Any,
+) -> dict[str, Any]:
+    """One reconcile run; returns its summary."""
+    return ReconcileRun(
+        config=config,
+        source=params_for(mariadb, source_database),
+        table=table,
+        id_column="id",
+        by_column=by_column,
+        destinations={n: (params_for(mariadb, db), spec) for n, (db, spec) in destinations.items()},
+        settings=ReconcileSettings(**settings),
+        store=store,
+        progress=progress,
+    ).run()
+
+
+def all_items(store: DeliveryStore, config: str = CONFIG) -> list[StoredItem]:
+    return store.items(config, statuses=STATUSES, limit=1_000_000)
+
+
+def found(store: DeliveryStore, config: str = CONFIG) -> set[tuple[str, bytes, int]]:
+    """(destination, row key, type) of every recorded item."""
+    return {(i.destination, i.row_key, i.type) for i in all_items(store, config)}
+
+
+def checkpoints(mariadb: MariaDB, database: str, config: str = CONFIG) -> int:
+    return int(scalar(mariadb, database, f"SELECT COUNT(*) FROM {CHECKPOINT_TABLE} WHERE config = '{config}'"))
+
+
+def code(n: int) -> bytes:
+    return f"k{n:05d}".encode()
+
+
+def simple_tables(mariadb: MariaDB, database: str, rows: int, destination_database: str | None = None) -> None:
+    """``src(id, code, name)`` with ``rows`` rows and its exact copy ``dst(code, name)``."""
+    execute(
+        mariadb,
+        database,
+        "CREATE TABLE src (id BIGINT NOT NULL PRIMARY KEY, code VARCHAR(32) NULL, name VARCHAR(64) NULL, "
+        "UNIQUE KEY uq_code (code))",
+        "INSERT INTO src (id, code, name) SELECT seq, CONCAT('k', LPAD(seq, 5, '0')), CONCAT('name ', seq) "
+        f"FROM seq_1_to_{rows}",
+    )
+    execute(
+        mariadb,
+        destination_database or database,
+        "CREATE TABLE dst (code VARCHAR(32) NOT NULL PRIMARY KEY, name VARCHAR(64) NULL)",
+        f"INSERT INTO dst (code, name) SELECT code, name FROM `{database}`.src WHERE code IS NOT NULL",
+    )
+
+
+SIMPLE_SPEC = DestinationSpec("des0", "dst", "code", {"code": "code", "name": "name"})
+
+
+# -- 1. every kind of difference -------------------------------------------------------------------
+ROWS = 2000
+
+
+def same_bucket_pair(rows: int, buckets: int, taken: set[int]) -> tuple[int, int]:
+    """Two ids whose codes share a hash bucket and whose rows have equal lengths (same ``id % 3``)."""
+    seen: dict[tuple[int, int], int] = {}
+    for n in range(1, rows + 1):
+        if n in taken:
+            continue
+        slot = (zlib.crc32(code(n)) % buckets, n % 3)
+        if slot in seen:
+            return seen[slot], n
+        seen[slot] = n
+    raise AssertionError("no two codes share a bucket")
+
+
+def test_planted_differences_of_every_kind_are_found_exactly_as_incremental_scans_report_them(
+    mariadb: MariaDB, fresh_database: str, store: DeliveryStore
+) -> None:
+    db = fresh_database
+    execute(
+        mariadb,
+        db,
+        "CREATE TABLE src (id INT NOT NULL PRIMARY KEY, code VARCHAR(32) NOT NULL, name VARCHAR(64) NULL, "
+        "note VARCHAR(16) NULL, flag CHAR(1) NOT NULL, extra VARCHAR(32) NULL, "
+        "updated_at DATETIME NOT NULL DEFAULT '2024-01-01 00:00:00' ON UPDATE CURRENT_TIMESTAMP, "
+        "UNIQUE KEY (code), KEY (updated_at))",
+        "INSERT INTO src (id, code, name, note, flag, extra) SELECT seq, CONCAT('k', LPAD(seq, 5, '0')), "
+        "CONCAT('name ', LPAD(seq, 5, '0')), ELT(seq % 3 + 1, NULL, '', 'x'), '0', 'not compared' "
+        f"FROM seq_1_to_{ROWS}",
+        # other column names and order at the destination: the mapping decides what is compared
+        "CREATE TABLE dst (sku VARCHAR(32) NOT NULL PRIMARY KEY, f CHAR(1) NOT NULL, remark VARCHAR(16) NULL, "
+        "title VARCHAR(64) NULL, extra VARCHAR(32) NULL)",
+        "INSERT INTO dst (sku, f, remark, title, extra) SELECT code, flag, note, name, 'other' FROM src",
+    )
+    spec = DestinationSpec("des0", "dst", "sku", {"code": "sku", "name": "title", "note": "remark", "flag": "f"})
+    # two rows of one hash bucket changed the same way: the XOR of plain CRC32s cannot see it
+    twin_a, twin_b = same_bucket_pair(ROWS, 4096, {5, 700, 1999, 10, 11, 12, 13, 14, 20, 1500, 1501})
+    missing = {5, 700, 1999}
+    different = {10, 11, 12, 13, 14, twin_a, twin_b, 1500, 1501}
+    extra = [b"k99998", b"k99999"]
+    execute(
+        mariadb,
+        db,
+        f"DELETE FROM dst WHERE sku IN ({keys_sql(missing)})",
+        "UPDATE dst SET title = 'stale' WHERE sku = 'k00010'",
+        "UPDATE dst SET remark = '' WHERE sku = 'k00012'",  # NULL at the source ('k00012': 12 % 3 == 0)
+        "UPDATE dst SET remark = NULL WHERE sku = 'k00013'",  # '' at the source
+        "UPDATE dst SET remark = 'NULL' WHERE sku = 'k00014'",  # 'x' at the source
+        f"UPDATE dst SET f = '1' WHERE sku IN ({keys_sql({twin_a, twin_b})})",
+        # two rows of one bucket with their values swapped: the key is part of the row hash
+        "UPDATE dst SET title = CASE sku WHEN 'k01500' THEN 'name 01501' ELSE 'name 01500' END "
+        "WHERE sku IN ('k01500', 'k01501')",
+        "INSERT INTO dst (sku, f, remark, title) VALUES ('k99998', '0', NULL, 'only here'), ('k99999', '1', '', '')",
+        # a column that is not compared differs: not a difference
+        "UPDATE dst SET extra = 'changed' WHERE sku = 'k00020'",
+    )
+    # a source change whose update timestamp did not move (so the update scan never sees it)
+    before = scalar(mariadb, db, "SELECT updated_at FROM src WHERE id = 11")
+    execute(mariadb, db, "UPDATE src SET name = 'silently changed', updated_at = updated_at WHERE id = 11")
+    assert scalar(mariadb, db, "SELECT updated_at FROM src WHERE id = 11") == before
+    plain = "SELECT BIT_XOR(CRC32(CONCAT_WS('|', {k}, {n}, {f}))) FROM {t} WHERE {k} IN ('{a}', '{b}')"
+    assert scalar(
+        mariadb,
+        db,
+        plain.format(k="code", n="name", f="flag", t="src", a=code(twin_a).decode(), b=code(twin_b).decode()),
+    ) == scalar(
+        mariadb, db, plain.format(k="sku", n="title", f="f", t="dst", a=code(twin_a).decode(), b=code(twin_b).decode())
+    ), "the plain CRC32 XOR of the twin rows must cancel out (the reason for the non-linear row hash)"
+
+    progress = MemoryCursorStore()
+    summary = reconcile(
+        mariadb,
+        db,
+        {"des0": (db, spec)},
+        store,
+        detect_deletes=True,
+        chunk_size=300,
+        max_chunk_size=300,
+        progress=progress,
+    )["destinations"]["des0"]
+
+    expected = (
+        {("des0", code(i), 1) for i in missing}
+        | {("des0", code(i), 2) for i in different}
+        | {("des0", k, 3) for k in extra}
+    )
+    assert found(store) == expected
+    assert summary["complete"] is True
+    assert summary["error"] is None
+    assert summary["buckets"] == 4096
+    assert summary["rows"] == {"source": ROWS, "destination": ROWS - len(missing) + len(extra)}
+    assert (summary["missing"], summary["different"], summary["deleted"]) == (3, 9, 2)
+    assert summary["recorded"] == 14
+    assert summary["chunks"]["source"] > 3  # several chunk queries per side
+    assert checkpoints(mariadb, db) == 0  # a completed verify leaves no checkpoint
+    assert progress.load("des0")["complete"] is True  # type: ignore[index]
+
+    items = {item.row_key: item for item in all_items(store)}
+    source_rows = {r["code"]: r for r in raw_rows(mariadb, db, "SELECT * FROM src")}
+    for key, item in items.items():
+        body = json.loads(item.body)
+        assert body["type"] == item.type
+        assert body["key"] == key.decode()
+        assert body["destination"] == "des0" and body["destinationTable"] == "dst"
+        assert body["keyColumn"] == "code"
+        if item.type in (1, 2):
+            row = source_rows[key]
+            assert body["srcColumn"] == {c: None if v is None else v.decode() for c, v in row.items()}
+            assert item.idempotency_key == idempotency_key(CONFIG, "des0", key, row_version(row))
+    assert "differences" not in json.loads(items[b"k00005"].body)
+    differences = {k: json.loads(i.body).get("differences") for k, i in items.items() if i.type == 2}
+    assert differences[b"k00010"] == {"name": {"source": "name 00010", "destination": "stale"}}
+    assert differences[b"k00011"] == {"name": {"source": "silently changed", "destination": "name 00011"}}
+    assert differences[b"k00012"] == {"note": {"source": None, "destination": ""}}
+    assert differences[b"k00013"] == {"note": {"source": "", "destination": None}}
+    assert differences[b"k00014"] == {"note": {"source": "x", "destination": "NULL"}}
+    assert differences[code(twin_a)] == {"flag": {"source": "0", "destination": "1"}}
+    assert differences[b"k01500"] == {"name": {"source": "name 01500", "destination": "name 01501"}}
+    deleted = json.loads(items[b"k99999"].body)
+    assert deleted["srcColumn"] == {}
+    assert deleted["desColumn"] == {"sku": "k99999", "title": "", "remark": "", "f": "1"}
+
+    # the incremental compare reports the same rows with the same idempotency keys: nothing new
+    plan = SyncPlan(
+        config=CONFIG,
+        source=params_for(mariadb, db),
+        table="src",
+        id_column="id",
+        by_column="code",
+        destinations={"des0": (params_for(mariadb, db), spec)},
+        batch_size=500,
+    )
+    sync = SyncRun(plan, MemoryCursorStore(), store).run()
+    assert sync["destinations"]["des0"]["mismatches"] == {"missing": 3, "different": 9}
+    assert sync["recorded"] == 0
+
+    # a second verify finds the same and records nothing twice
+    again = reconcile(mariadb, db, {"des0": (db, spec)}, store, detect_deletes=True)["destinations"]["des0"]
+    assert (again["missing"], again["different"], again["deleted"], again["recorded"]) == (3, 9, 2, 0)
+    assert again["resumed"] is False
+
+
+def keys_sql(ids: set[int]) -> str:
+    return ", ".join(f"'{code(i).decode()}'" for i in sorted(ids))
+
+
+def test_deleted_rows_are_only_counted_without_detect_deletes_and_the_fallback_row_hash_finds_the_same(
+    mariadb: MariaDB, fresh_database: str, store: DeliveryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    simple_tables(mariadb, fresh_database, 500)
+    execute(
+        mariadb,
+        fresh_database,
+        "DELETE FROM dst WHERE code = 'k00042'",
+        "UPDATE dst SET name = NULL WHERE code = 'k00043'",
+        "INSERT INTO dst VALUES ('k77777', 'extra')",
+    )
+    summary = reconcile(mariadb, fresh_database, {"des0": (fresh_database, SIMPLE_SPEC)}, store)
+    outcome = summary["destinations"]["des0"]
+    assert found(store) == {("des0", b"k00042", 1), ("des0", b"k00043", 2)}
+    assert (outcome["deleted"], outcome["extraNotRecorded"]) == (0, 1)
+
+    # servers without CRC32C (MySQL) hash rows as CRC32(s) * CRC32(REVERSE(s)): same findings
+    prepare = TableSide.prepare
+
+    def without_crc32c(self: TableSide) -> None:
+        prepare(self)
+        self.has_crc32c = False
+
+    monkeypatch.setattr(TableSide, "prepare", without_crc32c)
+    again = reconcile(
+        mariadb, fresh_database, {"des0": (fresh_database, SIMPLE_SPEC)}, store, config="fallback", detect_deletes=True
+    )
+    assert again["destinations"]["des0"]["complete"] is True
+    assert found(store, "fallback") == {("des0", b"k00042", 1), ("des0", b"k00043", 2), ("des0", b"k77777", 3)}
+
+
+# -- 2. identical tables ---------------------------------------------------------------------------
+def test_identical_tables_report_nothing_and_null_keys_are_counted(
+    mariadb: MariaDB, fresh_database: str, store: DeliveryStore
+) -> None:
+    simple_tables(mariadb, fresh_database, 3000)
+    execute(mariadb, fresh_database, "INSERT INTO src (id, code, name) VALUES (5001, NULL, 'no key'), (5002, NULL, '')")
+    summary = reconcile(
+        mariadb, fresh_database, {"des0": (fresh_database, SIMPLE_SPEC)}, store, detect_deletes=True, chunk_size=500
+    )["destinations"]["des0"]
+    assert found(store) == set()
+    assert summary["complete"] is True
+    assert summary["differingBuckets"] == 0
+    assert summary["rows"] == {"source": 3002, "destination": 3000}
+    assert summary["nullKeys"] == {"source": 2, "destination": 0}
+    assert summary["rowsCompared"] == {"source": 0, "destination": 0}  # nothing fetched
+    assert (summary["missing"], summary["different"], summary["deleted"], summary["recorded"]) == (0, 0, 0, 0)
+    assert checkpoints(mariadb, fresh_database) == 0
+
+
+# -- 3. pause and resume -----------------------------------------------------------------------------
+def test_paused_runs_resume_from_the_checkpoint_without_checking_a_chunk_twice_and_find_the_same(
+    mariadb: MariaDB, fresh_database: str, store: DeliveryStore
+) -> None:
+    rows = 1000
+    simple_tables(mariadb, fresh_database, rows)
+    execute(
+        mariadb,
+        fresh_database,
+        "DELETE FROM dst WHERE code IN ('k00007', 'k00500', 'k00999')",
+        "UPDATE dst SET name = 'stale' WHERE code IN ('k00100', 'k00101', 'k00800')",
+        "INSERT INTO dst VALUES ('k55555', 'extra')",
+    )
+    fixed = {"min_chunk_size": 50, "max_chunk_size": 50, "chunk_size": 50, "detect_deletes": True}
+    destinations = {"des0": (fresh_database, SIMPLE_SPEC)}
+    once = reconcile(mariadb, fresh_database, destinations, store, config="once", **fixed)["destinations"]["des0"]
+    assert once["complete"] is True
+    expected = found(store, "once")
+    assert len(expected) == 7
+
+    runs = []
+    progress = MemoryCursorStore()
+    while True:
+        summary = reconcile(
+            mariadb,
+            fresh_database,
+            destinations,
+            store,
+            config="paused",
+            max_chunks_per_run=3,
+            progress=progress,
+            **fixed,
+        )["destinations"]["des0"]
+        runs.append(summary)
+        assert summary["error"] is None
+        if summary["complete"]:
+            break
+        assert checkpoints(mariadb, fresh_database, "paused") == 1
+        assert progress.load("des0")["complete"] is False  # type: ignore[index]
+        assert len(runs) < 100
+    assert len(runs) > 5
+    assert all(r["chunks"]["source"] <= 3 and r["chunks"]["destination"] <= 3 for r in runs)
+    assert all(r["resumed"] for r in runs[1:])
+    assert {r["verifyStartedAt"] for r in runs} == {runs[0]["verifyStartedAt"]}
+    # every row was checksummed exactly once, and no chunk query was repeated
+    assert sum(r["rowsChecked"]["source"] for r in runs) == rows
+    assert sum(r["rowsChecked"]["destination"] for r in runs) == rows - 3 + 1
+    assert sum(r["chunks"]["source"] for r in runs) == once["chunks"]["source"]
+    assert sum(r["chunks"]["destination"] for r in runs) == once["chunks"]["destination"]
+    assert sum(r["rowsCompared"]["source"] for r in runs) == once["rowsCompared"]["source"]
+    assert {(d, k, t) for d, k, t in found(store, "paused")} == expected
+    assert sum(r["recorded"] for r in runs) == 7
+    assert checkpoints(mariadb, fresh_database, "paused") == 0
+
+    # a time budget that is always exhausted still moves one chunk query per side and run
+    timed = []
+    while not timed or not timed[-1]["complete"]:
+        timed.append(
+            reconcile(mariadb, fresh_database, destinations, store, config="timed", max_seconds_per_run=1e-6, **fixed)[
+                "destinations"
+            ]["des0"]
+        )
+        assert len(timed) < 100
+    assert all(r["chunks"]["source"] <= 1 for r in timed)
+    assert sum(r["rowsChecked"]["source"] for r in timed) == rows
+    assert found(store, "timed") == expected
+
+
+def test_a_busy_server_makes_the_run_wait_and_pause(
+    mariadb: MariaDB, fresh_database: str, store: DeliveryStore
+) -> None:
+    simple_tables(mariadb, fresh_database, 100)
+    summary = reconcile(
+        mariadb,
+        fresh_database,
+        {"des0": (fresh_database, SIMPLE_SPEC)},
+        store,
+        max_threads_running=0,  # always busy: at least the status query itself runs
+        max_seconds_per_run=1.0,
+        wait_second=0.2,
+    )["destinations"]["des0"]
+    assert summary["complete"] is False
+    assert summary["chunks"] == {"source": 0, "destination": 0}
+    assert summary["waitedSecond"] >= 1.0
+    assert checkpoints(mariadb, fresh_database) == 1
+
+
+# -- 4. collations ---------------------------------------------------------------------------------
+def test_keys_differing_in_case_spaces_or_accents_under_a_ci_collation_are_one_row_not_missing_and_extra(
+    mariadb: MariaDB, fresh_database: str, store: DeliveryStore
+) -> None:
+    db = fresh_database
+    collation = "CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
+    execute(
+        mariadb,
+        db,
+        f"CREATE TABLE src (id INT NOT NULL PRIMARY KEY, code VARCHAR(32) {collation} NOT NULL, "
+        "name VARCHAR(64) NULL, UNIQUE KEY (code))",
+        # mixed case, trailing spaces, accents
+        "INSERT INTO src SELECT seq, ELT(seq % 3 + 1, CONCAT('MiXeD', seq), CONCAT('sp', seq, '  '), "
+        "CONCAT('caf\u00e9', seq)), CONCAT('name ', seq) FROM seq_1_to_600",
+        f"CREATE TABLE dst (code VARCHAR(32) {collation} NOT NULL PRIMARY KEY, name VARCHAR(64) NULL)",
+        "INSERT INTO dst SELECT code, name FROM src",
+        "CREATE TABLE dst_latin (code VARCHAR(32) CHARACTER SET latin1 NOT NULL PRIMARY KEY, name VARCHAR(64) NULL)",
+        "INSERT INTO dst_latin SELECT code, name FROM src",
+    )
+    named_only = DestinationSpec("des1", "dst", "code", {"name": "name"})
+    latin = DestinationSpec("latin", "dst_latin", "code", {"code": "code", "name": "name"})
+    destinations = {"des0": (db, SIMPLE_SPEC), "des1": (db, named_only), "latin": (db, latin)}
+    first = reconcile(mariadb, db, destinations, store, detect_deletes=True)
+    assert found(store) == set(), "identical tables with tricky keys report nothing"
+    assert all(d["complete"] and d["differingBuckets"] == 0 for d in first["destinations"].values())
+
+    execute(
+        mariadb,
+        db,
+        "UPDATE dst SET code = 'MIXED3' WHERE code = 'MiXeD3'",  # only the key's case differs
+        "UPDATE dst SET code = 'sp4', name = 'stale' WHERE code = 'sp4  '",  # spaces and a value
+        "UPDATE dst SET code = 'cafe5' WHERE code = 'caf\u00e95'",  # an accent (general_ci: e = \u00e9)
+        "UPDATE dst_latin SET name = 'stale' WHERE code = 'caf\u00e98'",
+    )
+    second = reconcile(mariadb, db, destinations, store, config="planted", detect_deletes=True)
+    assert all(d["error"] is None and d["complete"] for d in second["destinations"].values())
+    assert found(store, "planted") == {
+        ("des0", b"MiXeD3", 2),
+        ("des0", b"sp4  ", 2),
+        ("des0", "caf\u00e95".encode(), 2),
+        ("des1", b"sp4  ", 2),  # des1 does not compare the key: only the name differs
+        ("latin", "caf\u00e98".encode(), 2),
+    }
+    bodies = {(i.destination, i.row_key): json.loads(i.body) for i in all_items(store, "planted")}
+    assert bodies["des0", b"MiXeD3"]["differences"] == {"code": {"source": "MiXeD3", "destination": "MIXED3"}}
+    assert bodies["des0", b"sp4  "]["differences"] == {
+        "code": {"source": "sp4  ", "destination": "sp4"},
+        "name": {"source": "name 4", "destination": "stale"},
+    }
+    assert bodies["des1", b"sp4  "]["differences"] == {"name": {"source": "name 4", "destination": "stale"}}
+    counts = second["destinations"]["des0"]
+    assert (counts["missing"], counts["different"], counts["deleted"]) == (0, 3, 0)
+    assert second["destinations"]["des1"]["keyBytesOnly"] == 2  # MIXED3 and cafe5: equal but for the key
+
+
+# -- 5. key types, other databases, composite and missing primary keys -----------------------------
+def test_destinations_in_another_database_with_integer_composite_or_no_primary_keys(
+    mariadb: MariaDB, fresh_database: str, other_database: str, store: DeliveryStore
+) -> None:
+    simple_tables(mariadb, fresh_database, 1200, destination_database=other_database)
+    execute(
+        mariadb,
+        other_database,
+        "CREATE TABLE dst_comp (tenant INT NOT NULL, code VARCHAR(32) NOT NULL, name VARCHAR(64) NULL, "
+        "PRIMARY KEY (tenant, code), UNIQUE KEY (code))",
+        "INSERT INTO dst_comp SELECT CAST(SUBSTRING(code, 2) AS UNSIGNED) % 7, code, name FROM dst",
+        "CREATE TABLE dst_nopk (code VARCHAR(32) NULL, name VARCHAR(64) NULL)",
+        "INSERT INTO dst_nopk SELECT code, name FROM dst",
+        "DELETE FROM dst WHERE code = 'k00001'",
+        "UPDATE dst_comp SET name = 'stale' WHERE code IN ('k00600', 'k01200')",
+        "DELETE FROM dst_comp WHERE code = 'k00300'",
+        "INSERT INTO dst_comp VALUES (3, 'k88888', 'extra')",
+        "UPDATE dst_nopk SET name = NULL WHERE code = 'k00002'",
+    )
+    destinations = {
+        "plain": (other_database, SIMPLE_SPEC),
+        "comp": (other_database, DestinationSpec("comp", "dst_comp", "code", {"code": "code", "name": "name"})),
+        "nopk": (other_database, DestinationSpec("nopk", "dst_nopk", "code", {"code": "code", "name": "name"})),
+    }
+    summary = reconcile(
+        mariadb,
+        fresh_database,
+        destinations,
+        store,
+        detect_deletes=True,
+        chunk_size=37,
+        min_chunk_size=37,
+        max_chunk_size=37,
+    )
+    for name, outcome in summary["destinations"].items():
+        assert outcome["error"] is None, name
+        assert outcome["complete"] is True, name
+    assert summary["destinations"]["comp"]["chunks"]["destination"] > 30  # composite key ranges
+    assert summary["destinations"]["nopk"]["chunks"]["destination"] == 2  # one checksum, one compare query
+    assert found(store) == {
+        ("plain", b"k00001", 1),
+        ("comp", b"k00600", 2),
+        ("comp", b"k01200", 2),
+        ("comp", b"k00300", 1),
+        ("comp", b"k88888", 3),
+        ("nopk", b"k00002", 2),
+    }
+
+    # integer keys: the source's id against a BIGINT key column
+    execute(
+        mariadb,
+        other_database,
+        "CREATE TABLE by_id (uid BIGINT UNSIGNED NOT NULL PRIMARY KEY, label VARCHAR(64) NULL)",
+        f"INSERT INTO by_id SELECT id, name FROM `{fresh_database}`.src WHERE id NOT IN (17, 1100)",
+        "UPDATE by_id SET label = 'stale' WHERE uid = 9",
+        "INSERT INTO by_id VALUES (18446744073709551615, 'max')",
+    )
+    spec = DestinationSpec("ids", "by_id", "uid", {"name": "label"})
+    ids = reconcile(
+        mariadb,
+        fresh_database,
+        {"ids": (other_database, spec)},
+        store,
+        config="ids",
+        by_column="id",
+        detect_deletes=True,
+        chunk_size=100,
+        min_chunk_size=100,
+        max_chunk_size=100,
+    )
+    assert ids["destinations"]["ids"]["error"] is None
+    assert found(store, "ids") == {
+        ("ids", b"17", 1),
+        ("ids", b"1100", 1),
+        ("ids", b"9", 2),
+        ("ids", b"18446744073709551615", 3),
+    }
+    item = next(i for i in all_items(store, "ids") if i.row_key == b"17")
+    assert json.loads(item.body)["srcColumn"]["id"] == "17"
+
+
+# -- 6. the reconcile DAG, then delivery -------------------------------------------------------------
+class Receiver:
+    """An HTTP server on 127.0.0.1 that answers every POST with 204 and keeps the JSON bodies."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, dict[str, Any]]] = []
+        lock = threading.Lock()
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with lock:
+                    received.append((self.path, json.loads(body)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.close()
+
+
+def test_reconcile_dag_records_what_the_sync_dag_then_delivers(
+    mariadb: MariaDB,
+    fresh_database: str,
+    tmp_path: Path,
+    receiver: Receiver,
+    run_dag: Callable[..., Any],
+    xcom_value: Callable[..., Any],
+    airflow_variables: AirflowVariables,
+) -> None:
+    simple_tables(mariadb, fresh_database, 400)
+    execute(
+        mariadb,
+        fresh_database,
+        "DELETE FROM dst WHERE code = 'k00050'",
+        "UPDATE dst SET name = 'stale' WHERE code = 'k00051'",
+        "INSERT INTO dst VALUES ('k66666', 'gone at the source')",
+    )
+    name = f"recdag{secrets.token_hex(4)}"
+    dsn = mariadb.go_dsn(fresh_database)
+    data = {
+        "retries": 0,
+        "src": {"dsn": dsn, "table": "src", "byColumn": "code"},
+        "des": [
+            {
+                "dsn": dsn,
+                "table": "dst",
+                "byColumn": "code",
+                "columns": {"code": "code", "name": "name"},
+                "callbackNotification": {"url": f"{receiver.url}/cb", "timeoutSecond": 5},
+            }
+        ],
+        "reconcile": {
+            "enabled": True,
+            "detectDeletes": True,
+            "chunkSize": 100,
+            "minChunkSize": 100,
+            "maxChunkSize": 100,
+            "maxChunksPerRun": 3,
+        },
+    }
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    config = load_config(path)
+    dags = build_dags(config)
+
+    reconcile_dag = dags[config.reconcile_dag_id]
+    first = run_dag(reconcile_dag)
+    assert first.get_task_instance("reconcile").state == "success"
+    paused = xcom_value(first, "reconcile")["destinations"]["des0"]
+    assert paused["complete"] is False  # 400 rows in chunks of 100, 3 chunk queries per run
+    mirrored = json.loads(airflow_variables.get(cursor_variable_key(name, "des0", "reconcile")) or "{}")
+    assert mirrored["complete"] is False and mirrored["phase"] in ("checksum", "compare")
+    assert checkpoints(mariadb, fresh_database, name) == 1
+
+    runs = [paused]
+    while not runs[-1]["complete"]:
+        dag_run = run_dag(reconcile_dag)
+        assert dag_run.get_task_instance("reconcile").state == "success"
+        runs.append(xcom_value(dag_run, "reconcile")["destinations"]["des0"])
+        assert len(runs) < 20
+    assert sum(r["rowsChecked"]["source"] for r in runs) == 400
+    store = DeliveryStore(params_for(mariadb, fresh_database))
+    try:
+        assert Counter(t for _, _, t in found(store, name)) == {1: 1, 2: 1, 3: 1}
+    finally:
+        store.close()
+    mirrored = json.loads(airflow_variables.get(cursor_variable_key(name, "des0", "reconcile")) or "{}")
+    assert mirrored["complete"] is True
+    assert checkpoints(mariadb, fresh_database, name) == 0
+
+    # the incremental compare is past these rows already; the sync DAG's deliver sends what reconcile found
+    airflow_variables.set(cursor_variable_key(name, "des0"), json.dumps({"insertId": 401}))
+    sync = run_dag(dags[config.sync_dag_id])
+    assert sync.get_task_instance("deliver").state == "success"
+    assert xcom_value(sync, "compare")["recorded"] == 0
+    bodies = {body["key"]: body for path_, body in receiver.received if path_ == "/cb"}
+    assert set(bodies) == {"k00050", "k00051", "k66666"}
+    assert bodies["k00050"]["type"] == 1 and bodies["k00050"]["srcColumn"]["id"] == "50"
+    assert bodies["k00051"]["differences"] == {"name": {"source": "name 51", "destination": "stale"}}
+    assert bodies["k66666"]["type"] == 3
+    assert bodies["k66666"]["desColumn"] == {"code": "k66666", "name": "gone at the source"}
