@@ -10,11 +10,20 @@ the reconcile found to a receiver on 127.0.0.1.
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 import zlib
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -31,13 +40,13 @@ from cupid_airflow.dag_factory import build_dags
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from pathlib import Path
 
     from conftest import AirflowVariables, MariaDB
 
 pytestmark = pytest.mark.integration
 
 CONFIG = "rec"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -704,3 +713,207 @@ def test_reconcile_dag_records_what_the_sync_dag_then_delivers(
     assert bodies["k00051"]["differences"] == {"name": {"source": "name 51", "destination": "stale"}}
     assert bodies["k66666"]["type"] == 3
     assert bodies["k66666"]["desColumn"] == {"code": "k66666", "name": "gone at the source"}
+
+
+# -- 7. SIGKILL in the middle of a run ---------------------------------------------------------------
+KILL_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    from cupid_airflow.core.compare import DestinationSpec
+    from cupid_airflow.core.reconcile import ReconcileRun, ReconcileSettings
+    from cupid_airflow.core.sql import ConnectionParams
+    from cupid_airflow.core.store import DeliveryStore
+
+    args = json.loads(sys.argv[1])
+    params = ConnectionParams(**args["params"])
+    spec = DestinationSpec("des0", "dst", "code", {"code": "code", "name": "name"})
+    ReconcileRun(
+        config=args["config"], source=params, table="src", id_column="id", by_column="code",
+        destinations={"des0": (params, spec)},
+        settings=ReconcileSettings(**args["settings"]), store=DeliveryStore(params),
+    ).run()
+    """
+)
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(
+    mariadb: MariaDB, fresh_database: str, store: DeliveryStore
+) -> None:
+    rows = 60_000
+    simple_tables(mariadb, fresh_database, rows)
+    execute(
+        mariadb,
+        fresh_database,
+        "DELETE FROM dst WHERE code IN ('k00003', 'k59999')",
+        "UPDATE dst SET name = 'stale' WHERE code IN ('k30000', 'k45000')",
+    )
+    settings = {"chunk_size": 100, "min_chunk_size": 100, "max_chunk_size": 100, "checkpoint_second": 0.05}
+    params = params_for(mariadb, fresh_database)
+    argument = {
+        "params": {
+            "host": params.host,
+            "port": params.port,
+            "user": params.user,
+            "password": params.password,
+            "database": params.database,
+        },
+        "config": CONFIG,
+        "settings": settings,
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILL_CHILD, json.dumps(argument)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    checkpointed = 0
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and child.poll() is None:
+            state = checkpoint_state(mariadb, fresh_database)
+            if state is not None and state["sides"]["source"]["rows"] >= 5000:
+                checkpointed = state["sides"]["source"]["rows"]
+                break
+            time.sleep(0.01)
+        assert child.poll() is None, "the reconcile finished before it could be killed: make the table bigger"
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    assert child.returncode == -signal.SIGKILL
+    state = checkpoint_state(mariadb, fresh_database)
+    assert state is not None and state["phase"] == "checksum"
+    done = state["sides"]["source"]["rows"]
+    assert checkpointed <= done < rows
+
+    resumed = reconcile(mariadb, fresh_database, {"des0": (fresh_database, SIMPLE_SPEC)}, store, **settings)
+    outcome = resumed["destinations"]["des0"]
+    assert outcome["resumed"] is True and outcome["complete"] is True
+    assert outcome["rowsChecked"]["source"] == rows - done  # nothing before the checkpoint is read again
+    assert outcome["rows"]["source"] == rows
+    assert found(store) == {
+        ("des0", b"k00003", 1),
+        ("des0", b"k59999", 1),
+        ("des0", b"k30000", 2),
+        ("des0", b"k45000", 2),
+    }
+
+
+def checkpoint_state(mariadb: MariaDB, database: str) -> dict[str, Any] | None:
+    conn = mariadb.connect(database)
+    try:
+        cursor = conn.cursor()
+        cursor.execute(f"SHOW TABLES LIKE '{CHECKPOINT_TABLE}'")
+        if not cursor.fetchall():
+            return None
+        cursor.execute(f"SELECT state FROM {CHECKPOINT_TABLE} WHERE config = %s AND destination = 'des0'", (CONFIG,))
+        row = cursor.fetchone()
+        return None if row is None else json.loads(row[0])
+    finally:
+        conn.close()
+
+
+# -- 8. a destination on another server --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def second_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConnectionParams]:
+    """A MariaDB server of its own (grant tables skipped, 16 MB buffer pool), started for this module."""
+    server = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+    install = shutil.which("mariadb-install-db")
+    if not os.path.exists(server) or install is None:
+        pytest.skip("mariadbd and mariadb-install-db are needed to start a second server")
+    home = tmp_path_factory.mktemp("second-mariadb")
+    data = home / "data"
+    installed = subprocess.run(
+        [install, "--no-defaults", f"--datadir={data}", "--user=root", "--skip-test-db"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    if installed.returncode != 0:
+        pytest.skip(f"mariadb-install-db failed: {installed.stderr[-500:]}")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(home / "server.log", "wb")  # noqa: SIM115 - closed after the server stops
+    process = subprocess.Popen(
+        [
+            server,
+            "--no-defaults",
+            f"--datadir={data}",
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={home / 'server.sock'}",
+            f"--pid-file={home / 'server.pid'}",
+            "--user=root",
+            "--skip-grant-tables",
+            "--skip-log-bin",
+            "--innodb-buffer-pool-size=16M",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    params = ConnectionParams(host="127.0.0.1", port=port, user="root", password="", database=None)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                connect(params).close()
+                break
+            except Exception:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.skip(f"the second server did not start: {(home / 'server.log').read_text()[-500:]}")
+                time.sleep(0.2)
+        yield params
+    finally:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        log.close()
+
+
+def test_a_destination_on_another_server_is_verified_with_one_query_per_chunk_on_each(
+    mariadb: MariaDB, fresh_database: str, store: DeliveryStore, second_server: ConnectionParams
+) -> None:
+    simple_tables(mariadb, fresh_database, 5000)
+    rows = raw_rows(mariadb, fresh_database, "SELECT code, name FROM dst")
+    conn = connect(second_server)
+    try:
+        cursor = conn.cursor()
+        cursor.execute("SELECT @@port, @@datadir")
+        port, datadir = cursor.fetchone()
+        assert int(port) == second_server.port != mariadb.port
+        assert datadir.decode() != scalar(mariadb, fresh_database, "SELECT @@datadir")
+        cursor.execute("CREATE DATABASE IF NOT EXISTS remote CHARACTER SET utf8mb4")
+        cursor.execute("DROP TABLE IF EXISTS remote.dst")
+        cursor.execute(
+            "CREATE TABLE remote.dst (id INT NOT NULL AUTO_INCREMENT PRIMARY KEY, code VARCHAR(32) NOT NULL, "
+            "name VARCHAR(64) NULL, UNIQUE KEY (code))"
+        )
+        cursor.executemany(
+            "INSERT INTO remote.dst (code, name) VALUES (%s, %s)", [(r["code"], r["name"]) for r in rows]
+        )
+        cursor.execute("DELETE FROM remote.dst WHERE code = 'k04321'")
+        cursor.execute("UPDATE remote.dst SET name = NULL WHERE code = 'k00777'")
+        cursor.execute("INSERT INTO remote.dst (code, name) VALUES ('k90000', 'only remote')")
+    finally:
+        conn.close()
+    remote = ConnectionParams(host=second_server.host, port=second_server.port, user="root", database="remote")
+    summary = ReconcileRun(
+        config=CONFIG,
+        source=params_for(mariadb, fresh_database),
+        table="src",
+        id_column="id",
+        by_column="code",
+        destinations={"remote": (remote, SIMPLE_SPEC)},
+        settings=ReconcileSettings(detect_deletes=True, chunk_size=500, min_chunk_size=500, max_chunk_size=500),
+        store=store,
+    ).run()["destinations"]["remote"]
+    assert summary["error"] is None and summary["complete"] is True
+    assert summary["rows"] == {"source": 5000, "destination": 5000}
+    assert found(store) == {("remote", b"k04321", 1), ("remote", b"k00777", 2), ("remote", b"k90000", 3)}
