@@ -77,8 +77,10 @@ CREATE TABLE IF NOT EXISTS {table} (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
 """
 FORMAT_VERSION = 1
+MAX_REFINED = 1 << 19  # sub-buckets of the refine phase, per side (12 bytes each in the checkpoint)
 
 CHECKSUM = "checksum"
+REFINE = "refine"
 COMPARE = "compare"
 DONE = "done"
 SOURCE = "source"
@@ -364,11 +366,15 @@ class TableSide:
         )
         return tuple(rows[0]) if rows else None
 
-    def checksum(self, low: Pk | None, high: Pk | None, buckets: int, method: str) -> list[tuple[Any, ...]]:
-        """``(bucket, rows, xor of row hashes)`` of each bucket met in the chunk ``low < pk <= high``."""
+    def checksum(
+        self, low: Pk | None, high: Pk | None, modulus: int, method: str, within: tuple[int, str] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """``(bucket, rows, xor of row hashes)`` of each bucket (key hash modulo ``modulus``) met in the chunk
+        ``low < pk <= high``; ``within`` = (buckets, SQL list) keeps only rows of those coarser buckets."""
+        extra = f"{self.bucket_sql(within[0])} IN ({within[1]})" if within else None
         return self.query(
-            f"SELECT {self.bucket_sql(buckets)}, COUNT(*), BIT_XOR({self.row_hash_sql(method)}) "
-            f"FROM {self.table}{self._index_hint()}{self.range_where(low, high)} GROUP BY 1 ORDER BY NULL"
+            f"SELECT {self.bucket_sql(modulus)}, COUNT(*), BIT_XOR({self.row_hash_sql(method)}) "
+            f"FROM {self.table}{self._index_hint()}{self.range_where(low, high, extra)} GROUP BY 1 ORDER BY NULL"
         )
 
     def pairs(self, low: Pk | None, high: Pk | None, buckets: int, method: str, wanted: str) -> list[tuple[Any, ...]]:
@@ -509,6 +515,10 @@ class Verify:
     buckets: int
     method: str
     phase: str = CHECKSUM
+    modulus: int = 0  # the compare phase's buckets: ``buckets``, or ``buckets * refine`` after a refine
+    refine: int = 0  # sub-buckets per differing bucket in the refine phase (0: no refine)
+    coarse: array[int] = field(default_factory=lambda: array("I"))  # differing buckets the refine splits
+    differing_buckets: int = 0
     sides: dict[str, SideProgress] = field(default_factory=dict)
     counts: dict[str, array[int]] = field(default_factory=dict)
     xors: dict[str, array[int]] = field(default_factory=dict)
@@ -524,7 +534,7 @@ class Verify:
 
     @classmethod
     def start(cls, fingerprint: str, started_at: str, buckets: int, method: str, chunk_size: int) -> Verify:
-        verify = cls(fingerprint, started_at, buckets, method)
+        verify = cls(fingerprint, started_at, buckets, method, modulus=buckets)
         for side in SIDES:
             verify.sides[side] = SideProgress(chunk_size=chunk_size)
             verify.counts[side] = array("I", bytes(4 * buckets))
@@ -540,8 +550,10 @@ class Verify:
             "buckets": self.buckets,
             "hash": self.method,
             "phase": self.phase,
+            "modulus": self.modulus,
+            "refine": self.refine,
             "sides": {n: s.to_json() for n, s in self.sides.items()},
-            "differingBuckets": len(self.differing),
+            "differingBuckets": self.differing_buckets,
             "groups": self.groups,
             "group": self.group,
             "found": self.found,
@@ -551,7 +563,9 @@ class Verify:
 
     def blob(self) -> bytes:
         sections: dict[str, bytes] = {}
-        if self.phase == CHECKSUM:
+        if self.phase == REFINE:
+            sections["coarse"] = _to_little(self.coarse)
+        if self.phase in (CHECKSUM, REFINE):
             for side in SIDES:
                 sections[f"counts.{side}"] = _to_little(self.counts[side])
                 sections[f"xors.{side}"] = _to_little(self.xors[side])
@@ -567,6 +581,9 @@ class Verify:
             str(state["fingerprint"]), str(state["startedAt"]), int(state["buckets"]), str(state["hash"]), 0
         )
         verify.phase = str(state["phase"])
+        verify.modulus = int(state.get("modulus") or verify.buckets)
+        verify.refine = int(state.get("refine") or 0)
+        verify.differing_buckets = int(state.get("differingBuckets") or 0)
         verify.sides = {n: SideProgress.from_json(state["sides"][n]) for n in SIDES}
         verify.groups = [int(g) for g in state.get("groups") or []]
         verify.group = int(state.get("group") or 0)
@@ -574,10 +591,14 @@ class Verify:
         verify.recorded = int(state.get("recorded") or 0)
         verify.runs = int(state.get("runs") or 0)
         sections = _unpack_sections(zlib.decompress(blob)) if blob else {}
-        if verify.phase == CHECKSUM:
+        if verify.phase in (CHECKSUM, REFINE):
+            size = verify.buckets
+            if verify.phase == REFINE:
+                verify.coarse = _from_little("I", sections["coarse"], None)
+                size = len(verify.coarse) * verify.refine
             for side in SIDES:
-                verify.counts[side] = _from_little("I", sections[f"counts.{side}"], verify.buckets)
-                verify.xors[side] = _from_little("Q", sections[f"xors.{side}"], verify.buckets)
+                verify.counts[side] = _from_little("I", sections[f"counts.{side}"], size)
+                verify.xors[side] = _from_little("Q", sections[f"xors.{side}"], size)
         else:
             verify.counts, verify.xors = {}, {}
             verify.differing = _from_little("I", sections["differing"], None)
@@ -593,7 +614,7 @@ class Verify:
             "buckets": self.buckets,
             "rows": {n: s.rows for n, s in self.sides.items()},
             "checksumDone": {n: s.done for n, s in self.sides.items()},
-            "differingBuckets": len(self.differing) if self.phase != CHECKSUM else None,
+            "differingBuckets": self.differing_buckets if self.phase != CHECKSUM else None,
             "group": self.group,
             "groups": len(self.groups),
             "found": dict(self.found),
@@ -765,6 +786,7 @@ class ReconcileOutcome:
     verify_started_at: str | None = None
     buckets: int | None = None
     differing_buckets: int | None = None
+    refined: int = 0
     chunks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SIDES, 0))
     rows_checked: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SIDES, 0))
     rows_compared: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SIDES, 0))
@@ -788,6 +810,7 @@ class ReconcileOutcome:
             "verifyStartedAt": self.verify_started_at,
             "buckets": self.buckets,
             "differingBuckets": self.differing_buckets,
+            "refine": self.refined,
             "chunks": dict(self.chunks),
             "rowsChecked": dict(self.rows_checked),
             "rowsCompared": dict(self.rows_compared),
@@ -919,6 +942,8 @@ class ReconcileRun:
             try:
                 if verify.phase == CHECKSUM:
                     self._checksum_phase(name, verify, sides, budget)
+                if verify.phase == REFINE:
+                    self._refine_phase(name, verify, sides, budget)
                 if verify.phase == COMPARE:
                     self._compare_phase(name, spec, verify, sides, budget)
             finally:
@@ -968,7 +993,8 @@ class ReconcileRun:
         outcome.complete = verify.phase == DONE
         outcome.verify_started_at = verify.started_at
         outcome.buckets = verify.buckets
-        outcome.differing_buckets = None if verify.phase == CHECKSUM else len(verify.differing)
+        outcome.differing_buckets = None if verify.phase == CHECKSUM else verify.differing_buckets
+        outcome.refined = verify.refine
         for side, progress in verify.sides.items():
             outcome.rows[side] = progress.rows
             outcome.null_keys[side] = progress.null_keys
@@ -998,42 +1024,86 @@ class ReconcileRun:
         )
         if not all(verify.sides[r].done for r in SIDES):
             return
-        counts, xors = verify.counts, verify.xors
-        source_counts, destination_counts = counts[SOURCE], counts[DESTINATION]
-        source_xors, destination_xors = xors[SOURCE], xors[DESTINATION]
-        verify.differing = array(
-            "I",
-            (
-                b
-                for b in range(verify.buckets)
-                if source_counts[b] != destination_counts[b] or source_xors[b] != destination_xors[b]
-            ),
-        )
-        # groups of differing buckets small enough to compare in memory
-        groups, rows = [0], 0
-        for n, b in enumerate(verify.differing):
-            size = source_counts[b] + destination_counts[b]
-            if rows and rows + size > self.settings.max_compare_rows:
-                groups.append(n)
-                rows = 0
-            rows += size
-        verify.groups = groups if verify.differing else []
-        verify.group = 0
-        verify.phase = COMPARE if verify.differing else DONE
-        verify.counts, verify.xors = {}, {}
-        for progress in verify.sides.values():
-            progress.position, progress.compare_rows, progress.compare_done = 0, 0, False
-            progress.compare_size = 0
+        differing, rows = _differing(verify.counts, verify.xors, range(verify.buckets))
+        verify.differing_buckets = len(differing)
         log.info(
-            "destination %s: checksums done (%d/%d rows), %d of %d buckets differ",
+            "destination %s: checksums done (%d/%d rows), %d of %d buckets differ (%d rows)",
             name,
             verify.sides[SOURCE].rows,
             verify.sides[DESTINATION].rows,
-            len(verify.differing),
+            len(differing),
             verify.buckets,
+            sum(rows),
         )
-        if verify.phase == COMPARE:
+        if sum(rows) > self.settings.max_compare_rows and len(differing) > 1:
+            # too many rows to compare in one pass: first split the differing buckets into sub-buckets
+            # of about two rows each, by one more checksum pass over those buckets only
+            refine = max(2, min(-(-sum(rows) // (2 * len(differing))), MAX_REFINED // len(differing)))
+            verify.phase, verify.refine, verify.coarse = REFINE, refine, differing
+            size = len(differing) * refine
+            verify.counts = {r: array("I", bytes(4 * size)) for r in SIDES}
+            verify.xors = {r: array("Q", bytes(8 * size)) for r in SIDES}
+            log.info("destination %s: refining %d differing buckets into %d each", name, len(differing), refine)
+        else:
+            self._plan_compare(verify, differing, rows)
+        _reset_walks(verify)
+        if verify.phase != DONE:
             self.checkpoints.save(self.config, name, verify)
+
+    def _plan_compare(self, verify: Verify, differing: array[int], rows: list[int]) -> None:
+        """Groups of differing buckets small enough to compare in memory; the compare phase (or done)."""
+        groups, total = [0], 0
+        for n, size in enumerate(rows):
+            if total and total + size > self.settings.max_compare_rows:
+                groups.append(n)
+                total = 0
+            total += size
+        verify.differing = differing
+        verify.groups = groups if differing else []
+        verify.group = 0
+        verify.phase = COMPARE if differing else DONE
+        verify.counts, verify.xors = {}, {}
+
+    # -- phase 1b: sub-buckets of the differing buckets, when they hold too many rows ----------
+    def _refine_phase(self, name: str, verify: Verify, sides: dict[str, TableSide], budget: _Budget) -> None:
+        within = (verify.buckets, ", ".join(str(b) for b in verify.coarse))
+        self._run_sides(
+            name, verify, budget, {r: partial(self._refine_side, verify, sides[r], within, budget) for r in SIDES}
+        )
+        if not all(verify.sides[r].compare_done for r in SIDES):
+            return
+        # sub-bucket n * refine + k of the refine arrays is bucket ``coarse[n] + k * buckets`` modulo buckets * refine
+        refine, buckets = verify.refine, verify.buckets
+        slots, rows = _differing(verify.counts, verify.xors, range(len(verify.coarse) * refine))
+        fine = sorted(zip((verify.coarse[i // refine] + (i % refine) * buckets for i in slots), rows, strict=True))
+        verify.modulus = buckets * refine
+        self._plan_compare(verify, array("I", (b for b, _ in fine)), [n for _, n in fine])
+        _reset_walks(verify)
+        log.info(
+            "destination %s: %d of %d sub-buckets differ (%d rows)",
+            name,
+            len(verify.differing),
+            len(verify.coarse) * refine,
+            sum(rows),
+        )
+        if verify.phase != DONE:
+            self.checkpoints.save(self.config, name, verify)
+
+    def _refine_side(self, verify: Verify, side: TableSide, within: tuple[int, str], budget: _Budget) -> None:
+        counts, xors = verify.counts[side.role], verify.xors[side.role]
+        rank = {b: n for n, b in enumerate(verify.coarse)}
+        refine, buckets, modulus = verify.refine, verify.buckets, verify.buckets * verify.refine
+
+        def chunk(low: Pk | None, high: Pk | None) -> None:
+            result = side.checksum(low, high, modulus, verify.method, within)
+            with budget.lock:
+                for bucket, count, xor in result:
+                    b = int(bucket)
+                    slot = rank[b % buckets] * refine + b // buckets
+                    counts[slot] += int(count)
+                    xors[slot] ^= int(xor)
+
+        self._walk(verify, side, budget, chunk)
 
     def _checksum_side(self, verify: Verify, side: TableSide, budget: _Budget) -> None:
         settings = self.settings
@@ -1092,10 +1162,7 @@ class ReconcileRun:
             for kind, count in found.items():
                 verify.found[kind] += count
             verify.group += 1
-            for side_progress in verify.sides.values():
-                side_progress.position, side_progress.compare_rows, side_progress.compare_done = 0, 0, False
-            for role in SIDES:
-                verify.pairs[role] = {}
+            _reset_walks(verify)
             if verify.group < len(verify.groups):
                 self.checkpoints.save(self.config, name, verify)
         verify.phase = DONE
@@ -1106,27 +1173,11 @@ class ReconcileRun:
         )
 
     def _pairs_side(self, verify: Verify, side: TableSide, wanted: str, budget: _Budget) -> None:
-        settings = self.settings
-        progress = verify.sides[side.role]
         pairs = verify.pairs[side.role]
         width = len(side.pk)
-        target = progress.compare_size or max(settings.chunk_size, settings.min_chunk_size)
-        bounds = progress.bounds or [(None, 0)]
-        while not progress.compare_done and budget.allows(side.role):
-            if not self._wait_for_load(side, budget):
-                break
-            # merge consecutive phase-1 chunks up to the target size, last chunk first: the pages read
-            # last by phase 1 may still be in the buffer pool
-            last = len(bounds) - 1 - progress.position
-            first, rows = last, bounds[last][1]
-            while first > 0 and rows + bounds[first - 1][1] <= target:
-                first -= 1
-                rows += bounds[first][1]
-            low = bounds[first - 1][0] if first > 0 else None
-            high = bounds[last][0]
-            began = time.monotonic()
-            result = side.pairs(low, high, verify.buckets, verify.method, wanted)
-            elapsed = max(time.monotonic() - began, 1e-3)
+
+        def chunk(low: Pk | None, high: Pk | None) -> None:
+            result = side.pairs(low, high, verify.modulus, verify.method, wanted)
             duplicates = 0
             with budget.lock:
                 for row in result:
@@ -1136,12 +1187,36 @@ class ReconcileRun:
                     if key in pairs:
                         duplicates += 1
                     pairs[key] = (int(row[width + 1]), tuple(row[:width]))
+                budget.outcome.duplicate_keys += duplicates
+
+        self._walk(verify, side, budget, chunk)
+
+    def _walk(
+        self, verify: Verify, side: TableSide, budget: _Budget, chunk: Callable[[Pk | None, Pk | None], None]
+    ) -> None:
+        """Read this side again along its phase-1 chunks (merged up to the target time), last chunk first:
+        the pages phase 1 read last may still be in the buffer pool."""
+        settings = self.settings
+        progress = verify.sides[side.role]
+        target = progress.compare_size or max(settings.chunk_size, settings.min_chunk_size)
+        bounds = progress.bounds or [(None, 0)]
+        while not progress.compare_done and budget.allows(side.role):
+            if not self._wait_for_load(side, budget):
+                break
+            last = len(bounds) - 1 - progress.position
+            first, rows = last, bounds[last][1]
+            while first > 0 and rows + bounds[first - 1][1] <= target:
+                first -= 1
+                rows += bounds[first][1]
+            began = time.monotonic()
+            chunk(bounds[first - 1][0] if first > 0 else None, bounds[last][0])
+            elapsed = max(time.monotonic() - began, 1e-3)
+            with budget.lock:
                 progress.position += last - first + 1
                 progress.compare_rows += rows
                 progress.compare_done = progress.position >= len(bounds)
                 budget.outcome.chunks[side.role] += 1
                 budget.outcome.rows_compared[side.role] += rows
-                budget.outcome.duplicate_keys += duplicates
             target = _adapt(target, max(rows, 1), elapsed, settings)
             progress.compare_size = target
 
@@ -1329,6 +1404,24 @@ class ReconcileRun:
         raw_id = row.get(id_name)
         source_id = int(raw_id) if raw_id is not None and raw_id.lstrip(b"-").isdigit() else None
         return Mismatch(self.config, name, key, version, idem, kind, source_id, body)
+
+
+def _differing(
+    counts: dict[str, array[int]], xors: dict[str, array[int]], slots: Iterable[int]
+) -> tuple[array[int], list[int]]:
+    """The slots whose (count, xor) differ between the sides, and the rows (both sides) each holds."""
+    ours, theirs = counts[SOURCE], counts[DESTINATION]
+    our_xors, their_xors = xors[SOURCE], xors[DESTINATION]
+    differing = array("I", (b for b in slots if ours[b] != theirs[b] or our_xors[b] != their_xors[b]))
+    return differing, [ours[b] + theirs[b] for b in differing]
+
+
+def _reset_walks(verify: Verify) -> None:
+    """Every side starts the next pass over its phase-1 chunks from the beginning, with no rows held."""
+    for progress in verify.sides.values():
+        progress.position, progress.compare_rows, progress.compare_done = 0, 0, False
+    for role in SIDES:
+        verify.pairs[role] = {}
 
 
 def _adapt(size: int, rows: int, elapsed: float, settings: ReconcileSettings) -> int:

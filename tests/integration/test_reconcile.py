@@ -439,6 +439,44 @@ def test_paused_runs_resume_from_the_checkpoint_without_checking_a_chunk_twice_a
     assert found(store, "timed") == expected
 
 
+def test_many_differences_are_split_into_sub_buckets_and_paused_runs_find_the_same(
+    mariadb: MariaDB, fresh_database: str, store: DeliveryStore
+) -> None:
+    rows = 3000
+    simple_tables(mariadb, fresh_database, rows)
+    number = "CAST(SUBSTRING(code, 2) AS UNSIGNED)"
+    execute(
+        mariadb,
+        fresh_database,
+        f"UPDATE dst SET name = 'stale' WHERE {number} % 10 = 0",
+        f"DELETE FROM dst WHERE {number} % 25 = 3",
+    )
+    expected = {("des0", code(i), 1) for i in range(1, rows + 1) if i % 25 == 3} | {
+        ("des0", code(i), 2) for i in range(1, rows + 1) if i % 10 == 0
+    }
+    destinations = {"des0": (fresh_database, SIMPLE_SPEC)}
+    small = {"max_compare_rows": 300, "chunk_size": 200, "min_chunk_size": 200, "max_chunk_size": 200}
+    once = reconcile(mariadb, fresh_database, destinations, store, config="refined", **small)["destinations"]["des0"]
+    assert once["complete"] is True and once["error"] is None
+    assert once["refine"] >= 2  # too many rows in differing buckets: split them first
+    assert found(store, "refined") == expected
+    assert (once["missing"], once["different"]) == (120, 300)
+
+    runs = []
+    while not runs or not runs[-1]["complete"]:
+        runs.append(
+            reconcile(
+                mariadb, fresh_database, destinations, store, config="refined_paused", max_chunks_per_run=2, **small
+            )["destinations"]["des0"]
+        )
+        assert runs[-1]["error"] is None
+        assert len(runs) < 200
+    assert "refine" in {r["phase"] for r in runs[:-1]}  # paused in the middle of the refine pass, too
+    assert sum(r["rowsChecked"]["source"] for r in runs) == rows
+    assert sum(r["chunks"]["source"] for r in runs) == once["chunks"]["source"]
+    assert found(store, "refined_paused") == expected
+
+
 def test_a_busy_server_makes_the_run_wait_and_pause(
     mariadb: MariaDB, fresh_database: str, store: DeliveryStore
 ) -> None:
