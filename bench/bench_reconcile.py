@@ -36,6 +36,7 @@ STORE_TABLE = "cupid_delivery_bench_reconcile"
 CHECKPOINT_TABLE = "cupid_reconcile_checkpoint_bench"
 IDENTICAL = ("cupid_bench_rsrc", "cupid_bench_rdst")
 DIFFERENT = ("cupid_bench_r1src", "cupid_bench_r1dst")
+ONE_PERCENT = ("cupid_bench_r10src", "cupid_bench_r10dst")
 COLUMNS = {"number": "number", "name": "name", "avatar": "avatar"}
 
 
@@ -157,6 +158,9 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3, help="measure everything this many times")
     parser.add_argument("--no-reladiff", action="store_true")
+    parser.add_argument(
+        "--one-percent", action="store_true", help="also reconcile tables with 1%% missing and 1%% different rows"
+    )
     parser.add_argument("--reladiff-timeout", type=float, default=300.0)
     parser.add_argument("--reladiff-threads", type=int, default=1, help="reladiff's --threads (its default: 1)")
     args = parser.parse_args()
@@ -173,6 +177,18 @@ def main() -> int:
             destination_id=True,
         )
         print(f"{databases[1]}: {args.rows:,} rows ({f'built in {built:.1f} s' if built else 'reused'})")
+    if args.one_percent:
+        built = build(
+            params,
+            args.rows,
+            10,
+            10,
+            per=1000,
+            source_db=ONE_PERCENT[0],
+            destination_db=ONE_PERCENT[1],
+            destination_id=True,
+        )
+        print(f"{ONE_PERCENT[1]}: {args.rows:,} rows ({f'built in {built:.1f} s' if built else 'reused'})")
     planted = planted_ids(args.rows, 5, 5, per=10000)
     expected = {(1, i) for i in planted.missing} | {(2, i) for i in planted.different}
 
@@ -211,6 +227,19 @@ def main() -> int:
                     f"run {n}: reladiff 0.6.0 (key id, --threads {args.reladiff_threads}), 0.1% different: "
                     f"{seconds:.2f} s ({stats}); cupid {diff['seconds']:.2f} s, {seconds / diff['seconds']:.1f}x faster"
                 )
+        if args.one_percent:
+            large = planted_ids(args.rows, 10, 10, per=1000)
+            wanted = {(1, i) for i in large.missing} | {(2, i) for i in large.different}
+            big = reconcile(ONE_PERCENT)
+            big_exact = set(big["found"]) == wanted and len(big["found"]) == len(wanted)
+            all_exact = all_exact and big_exact
+            run["one_percent_second"] = big["seconds"]
+            print(
+                f"run {n}: 1% missing + 1% different {big['seconds']:.2f} s ({big['seconds'] / same['seconds']:.2f}x "
+                f"identical; chunks {_chunks(big)}, {big['summary']['differingBuckets']} buckets differ, refined "
+                f"into {big['summary']['refine']} each; planted {len(wanted):,}, found {len(big['found']):,}: "
+                f"{'EXACT' if big_exact else 'MISMATCH'}) | peak RSS {big['peak_rss_mb']:.1f} MB"
+            )
         runs.append(run)
 
     def median(key: str) -> float | None:
@@ -218,7 +247,14 @@ def main() -> int:
         return statistics.median(values) if values else None
 
     results: dict[str, Any] = {"rows": args.rows, "runs": runs}
-    for key in ("floor_second", "identical_second", "different_second", "reladiff_second", "peak_rss_mb"):
+    for key in (
+        "floor_second",
+        "identical_second",
+        "different_second",
+        "one_percent_second",
+        "reladiff_second",
+        "peak_rss_mb",
+    ):
         results[f"median_{key}"] = median(key)
     floor_s, same_s, diff_s = median("floor_second"), median("identical_second"), median("different_second")
     if floor_s and same_s and diff_s:

@@ -1009,6 +1009,14 @@ class ReconcileRun:
                 outcome.error = f"checkpoint not written: {type(err).__name__}: {err}"[:1000]
         self._mirror(name, {**verify.progress(), "complete": outcome.complete, "lastRun": outcome.as_dict()})
 
+    def _save(self, name: str, verify: Verify, snapshot: tuple[dict[str, Any], bytes] | None = None) -> None:
+        """Write the checkpoint while the run goes on; a failure only costs a longer redo after a crash."""
+        try:
+            state, blob = snapshot or (verify.state_json(), verify.blob())
+            self.checkpoints.save_snapshot(self.config, name, verify.started_at, state, blob)
+        except Exception as err:
+            log.warning("destination %s: reconcile checkpoint not written (%s: %s)", name, type(err).__name__, err)
+
     def _mirror(self, name: str, summary: dict[str, Any]) -> None:
         if self.progress is None:
             return
@@ -1048,7 +1056,7 @@ class ReconcileRun:
             self._plan_compare(verify, differing, rows)
         _reset_walks(verify)
         if verify.phase != DONE:
-            self.checkpoints.save(self.config, name, verify)
+            self._save(name, verify)
 
     def _plan_compare(self, verify: Verify, differing: array[int], rows: list[int]) -> None:
         """Groups of differing buckets small enough to compare in memory; the compare phase (or done)."""
@@ -1087,7 +1095,7 @@ class ReconcileRun:
             sum(rows),
         )
         if verify.phase != DONE:
-            self.checkpoints.save(self.config, name, verify)
+            self._save(name, verify)
 
     def _refine_side(self, verify: Verify, side: TableSide, within: tuple[int, str], budget: _Budget) -> None:
         counts, xors = verify.counts[side.role], verify.xors[side.role]
@@ -1164,7 +1172,7 @@ class ReconcileRun:
             verify.group += 1
             _reset_walks(verify)
             if verify.group < len(verify.groups):
-                self.checkpoints.save(self.config, name, verify)
+                self._save(name, verify)
         verify.phase = DONE
         log.info(
             "destination %s: verify complete: %d missing, %d different, %d deleted at source, %d extra not recorded",
@@ -1236,7 +1244,7 @@ class ReconcileRun:
                         with budget.lock:
                             state, blob = verify.state_json(), verify.blob()
                             summary = verify.progress()
-                        self.checkpoints.save_snapshot(self.config, name, verify.started_at, state, blob)
+                        self._save(name, verify, (state, blob))
                         self._mirror(name, summary)
             except BaseException:
                 budget.stop.set()

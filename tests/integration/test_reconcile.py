@@ -724,7 +724,14 @@ def test_reconcile_dag_records_what_the_sync_dag_then_delivers(
     assert mirrored["complete"] is False and mirrored["phase"] in ("checksum", "compare")
     assert checkpoints(mariadb, fresh_database, name) == 1
 
-    runs = [paused]
+    # triggered with {"restart": true}, a run drops the checkpoint and starts a new verify
+    restarted = run_dag(reconcile_dag, run_conf={"restart": True})
+    assert restarted.get_task_instance("reconcile").state == "success"
+    again = xcom_value(restarted, "reconcile")["destinations"]["des0"]
+    assert again["resumed"] is False and again["complete"] is False
+    assert again["verifyStartedAt"] > paused["verifyStartedAt"]
+
+    runs = [again]
     while not runs[-1]["complete"]:
         dag_run = run_dag(reconcile_dag)
         assert dag_run.get_task_instance("reconcile").state == "success"
