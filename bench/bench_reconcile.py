@@ -80,7 +80,7 @@ def run_reconcile(databases: tuple[str, str], out: Any) -> None:
 
 def reconcile(databases: tuple[str, str]) -> dict[str, Any]:
     receiver, sender = multiprocessing.Pipe(duplex=False)
-    child = multiprocessing.get_context("fork").Process(target=run_reconcile, args=(databases, sender))
+    child = multiprocessing.get_context("spawn").Process(target=run_reconcile, args=(databases, sender))
     child.start()
     result: dict[str, Any] = receiver.recv()
     child.join()

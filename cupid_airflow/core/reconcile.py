@@ -58,7 +58,7 @@ from cupid_airflow.core.sql import ConnectionParams, connect, literal_int, quote
 from cupid_airflow.core.store import DeliveryStore, Mismatch
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
     from cupid_airflow.core.sync import CursorStore
 
@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS {table} (
 """
 FORMAT_VERSION = 1
 MAX_REFINED = 1 << 19  # sub-buckets of the refine phase, per side (12 bytes each in the checkpoint)
+RESULT_ROWS = 50_000  # rows a refine or compare chunk query should return at most (bounds memory)
 
 CHECKSUM = "checksum"
 REFINE = "refine"
@@ -203,6 +204,23 @@ class TableSide:
             raise
         self.queries += 1
         return list(cursor.fetchall())
+
+    def stream(self, sql: str, batch: int = 10000) -> Iterator[list[tuple[Any, ...]]]:
+        """Run one statement and yield its rows in batches, unbuffered (big results never sit in memory)."""
+        import MySQLdb.cursors
+
+        cursor = self.conn.cursor(MySQLdb.cursors.SSCursor)
+        try:
+            cursor.execute(sql)
+            self.queries += 1
+            while rows := cursor.fetchmany(batch):
+                yield list(rows)
+        except Exception:
+            self.close()
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                cursor.close()
 
     def query_dicts(self, sql: str) -> list[dict[str, bytes | None]]:
         cursor = self.conn.cursor()
@@ -366,13 +384,22 @@ class TableSide:
         )
         return tuple(rows[0]) if rows else None
 
-    def checksum(
-        self, low: Pk | None, high: Pk | None, modulus: int, method: str, within: tuple[int, str] | None = None
-    ) -> list[tuple[Any, ...]]:
-        """``(bucket, rows, xor of row hashes)`` of each bucket (key hash modulo ``modulus``) met in the chunk
-        ``low < pk <= high``; ``within`` = (buckets, SQL list) keeps only rows of those coarser buckets."""
+    def checksum(self, low: Pk | None, high: Pk | None, buckets: int, method: str) -> list[tuple[Any, ...]]:
+        """``(bucket, rows, xor of row hashes)`` of each bucket met in the chunk ``low < pk <= high``."""
+        return self.query(self._checksum_sql(low, high, buckets, method, None))
+
+    def sub_checksums(
+        self, low: Pk | None, high: Pk | None, modulus: int, method: str, within: tuple[int, str]
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """The same per sub-bucket (key hash modulo ``modulus``), for the rows of the buckets ``within`` =
+        (buckets, SQL list) only; streamed in batches, as there is about one result row per table row."""
+        return self.stream(self._checksum_sql(low, high, modulus, method, within))
+
+    def _checksum_sql(
+        self, low: Pk | None, high: Pk | None, modulus: int, method: str, within: tuple[int, str] | None
+    ) -> str:
         extra = f"{self.bucket_sql(within[0])} IN ({within[1]})" if within else None
-        return self.query(
+        return (
             f"SELECT {self.bucket_sql(modulus)}, COUNT(*), BIT_XOR({self.row_hash_sql(method)}) "
             f"FROM {self.table}{self._index_hint()}{self.range_where(low, high, extra)} GROUP BY 1 ORDER BY NULL"
         )
@@ -519,6 +546,8 @@ class Verify:
     refine: int = 0  # sub-buckets per differing bucket in the refine phase (0: no refine)
     coarse: array[int] = field(default_factory=lambda: array("I"))  # differing buckets the refine splits
     differing_buckets: int = 0
+    refine_rows: int = 0  # rows (both sides) of the buckets the refine pass reads
+    group_rows: list[int] = field(default_factory=list)  # rows (both sides) of each compare group
     sides: dict[str, SideProgress] = field(default_factory=dict)
     counts: dict[str, array[int]] = field(default_factory=dict)
     xors: dict[str, array[int]] = field(default_factory=dict)
@@ -555,6 +584,8 @@ class Verify:
             "sides": {n: s.to_json() for n, s in self.sides.items()},
             "differingBuckets": self.differing_buckets,
             "groups": self.groups,
+            "groupRows": self.group_rows,
+            "refineRows": self.refine_rows,
             "group": self.group,
             "found": self.found,
             "recorded": self.recorded,
@@ -562,18 +593,19 @@ class Verify:
         }
 
     def blob(self) -> bytes:
-        sections: dict[str, bytes] = {}
+        """The arrays (or partial compare results) as one compressed blob, streamed: no full-size copies."""
+        packer = _Packer()
         if self.phase == REFINE:
-            sections["coarse"] = _to_little(self.coarse)
+            packer.section("coarse", [_little(self.coarse)])
         if self.phase in (CHECKSUM, REFINE):
             for side in SIDES:
-                sections[f"counts.{side}"] = _to_little(self.counts[side])
-                sections[f"xors.{side}"] = _to_little(self.xors[side])
+                packer.section(f"counts.{side}", [_little(self.counts[side])])
+                packer.section(f"xors.{side}", [_little(self.xors[side])])
         else:
-            sections["differing"] = _to_little(self.differing)
+            packer.section("differing", [_little(self.differing)])
             for side in SIDES:
-                sections[f"pairs.{side}"] = _pack_pairs(self.pairs[side])
-        return zlib.compress(_pack_sections(sections), 1)
+                packer.section(f"pairs.{side}", _pack_pairs(self.pairs[side]))
+        return packer.finish()
 
     @classmethod
     def restore(cls, state: dict[str, Any], blob: bytes | None) -> Verify:
@@ -586,6 +618,8 @@ class Verify:
         verify.differing_buckets = int(state.get("differingBuckets") or 0)
         verify.sides = {n: SideProgress.from_json(state["sides"][n]) for n in SIDES}
         verify.groups = [int(g) for g in state.get("groups") or []]
+        verify.group_rows = [int(g) for g in state.get("groupRows") or []]
+        verify.refine_rows = int(state.get("refineRows") or 0)
         verify.group = int(state.get("group") or 0)
         verify.found.update({k: int(v) for k, v in (state.get("found") or {}).items()})
         verify.recorded = int(state.get("recorded") or 0)
@@ -632,11 +666,35 @@ def _decode_pk(data: list[str] | None) -> Pk | None:
     return None if data is None else tuple(base64.b64decode(v) for v in data)
 
 
-def _to_little(values: array[int]) -> bytes:
+_BIG_ENDIAN = struct.pack("=H", 1) != struct.pack("<H", 1)
+
+
+def _little(values: array[int]) -> bytes | memoryview:
+    """The array's bytes in little-endian order (a view, without copying, on little-endian machines)."""
+    if not _BIG_ENDIAN:
+        return memoryview(values).cast("B")
     copy = array(values.typecode, values)
-    if struct.pack("=H", 1) != struct.pack("<H", 1):
-        copy.byteswap()
+    copy.byteswap()
     return copy.tobytes()
+
+
+class _Packer:
+    """Named sections of bytes (``<len><name><len><data>`` each), compressed as they come."""
+
+    def __init__(self) -> None:
+        self._compressor = zlib.compressobj(1)
+        self._out: list[bytes] = []
+
+    def section(self, name: str, parts: Iterable[bytes | memoryview]) -> None:
+        chunks = list(parts)
+        size = sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks)
+        self._out.append(self._compressor.compress(_frame(name.encode()) + struct.pack("<I", size)))
+        for chunk in chunks:
+            self._out.append(self._compressor.compress(chunk))
+
+    def finish(self) -> bytes:
+        self._out.append(self._compressor.flush())
+        return b"".join(self._out)
 
 
 def _from_little(typecode: str, data: bytes, length: int | None) -> array[int]:
@@ -653,10 +711,6 @@ def _frame(data: bytes) -> bytes:
     return struct.pack("<I", len(data)) + data
 
 
-def _pack_sections(sections: dict[str, bytes]) -> bytes:
-    return b"".join(_frame(name.encode()) + _frame(data) for name, data in sections.items())
-
-
 def _read_frames(data: bytes) -> list[bytes]:
     frames, offset = [], 0
     while offset < len(data):
@@ -671,11 +725,16 @@ def _unpack_sections(data: bytes) -> dict[str, bytes]:
     return {frames[i].decode(): frames[i + 1] for i in range(0, len(frames), 2)}
 
 
-def _pack_pairs(pairs: dict[Key, tuple[int, Pk]]) -> bytes:
-    out = []
+def _pack_pairs(pairs: dict[Key, tuple[int, Pk]]) -> list[bytes]:
+    """Compare results as frames, in slices of 10,000 pairs (so no slice is large)."""
+    out, batch = [], []
     for key, (row_hash, pk) in pairs.items():
-        out.append(_frame(key) + struct.pack("<QB", row_hash, len(pk)) + b"".join(_frame(v) for v in pk))
-    return b"".join(out)
+        batch.append(_frame(key) + struct.pack("<QB", row_hash, len(pk)) + b"".join(_frame(v) for v in pk))
+        if len(batch) >= 10000:
+            out.append(b"".join(batch))
+            batch = []
+    out.append(b"".join(batch))
+    return out
 
 
 def _unpack_pairs(data: bytes) -> dict[Key, tuple[int, Pk]]:
@@ -1048,6 +1107,7 @@ class ReconcileRun:
             # of about two rows each, by one more checksum pass over those buckets only
             refine = max(2, min(-(-sum(rows) // (2 * len(differing))), MAX_REFINED // len(differing)))
             verify.phase, verify.refine, verify.coarse = REFINE, refine, differing
+            verify.refine_rows = sum(rows)
             size = len(differing) * refine
             verify.counts = {r: array("I", bytes(4 * size)) for r in SIDES}
             verify.xors = {r: array("Q", bytes(8 * size)) for r in SIDES}
@@ -1060,14 +1120,17 @@ class ReconcileRun:
 
     def _plan_compare(self, verify: Verify, differing: array[int], rows: list[int]) -> None:
         """Groups of differing buckets small enough to compare in memory; the compare phase (or done)."""
-        groups, total = [0], 0
+        groups, group_rows, total = [0], [], 0
         for n, size in enumerate(rows):
             if total and total + size > self.settings.max_compare_rows:
                 groups.append(n)
+                group_rows.append(total)
                 total = 0
             total += size
+        group_rows.append(total)
         verify.differing = differing
         verify.groups = groups if differing else []
+        verify.group_rows = group_rows if differing else []
         verify.group = 0
         verify.phase = COMPARE if differing else DONE
         verify.counts, verify.xors = {}, {}
@@ -1102,16 +1165,27 @@ class ReconcileRun:
         rank = {b: n for n, b in enumerate(verify.coarse)}
         refine, buckets, modulus = verify.refine, verify.buckets, verify.buckets * verify.refine
 
+        # a chunk adds up here first and joins the shared arrays at once: a checkpoint never holds half a chunk
+        local_counts, local_xors = array("I", bytes(4 * len(counts))), array("Q", bytes(8 * len(counts)))
+        touched = array("I")
+
         def chunk(low: Pk | None, high: Pk | None) -> None:
-            result = side.checksum(low, high, modulus, verify.method, within)
-            with budget.lock:
+            for result in side.sub_checksums(low, high, modulus, verify.method, within):
                 for bucket, count, xor in result:
                     b = int(bucket)
                     slot = rank[b % buckets] * refine + b // buckets
-                    counts[slot] += int(count)
-                    xors[slot] ^= int(xor)
+                    if not local_counts[slot]:
+                        touched.append(slot)
+                    local_counts[slot] += int(count)
+                    local_xors[slot] ^= int(xor)
+            with budget.lock:
+                for slot in touched:
+                    counts[slot] += local_counts[slot]
+                    xors[slot] ^= local_xors[slot]
+                    local_counts[slot] = local_xors[slot] = 0
+            del touched[:]
 
-        self._walk(verify, side, budget, chunk)
+        self._walk(verify, side, budget, chunk, verify.refine_rows)
 
     def _checksum_side(self, verify: Verify, side: TableSide, budget: _Budget) -> None:
         settings = self.settings
@@ -1197,23 +1271,32 @@ class ReconcileRun:
                     pairs[key] = (int(row[width + 1]), tuple(row[:width]))
                 budget.outcome.duplicate_keys += duplicates
 
-        self._walk(verify, side, budget, chunk)
+        group_rows = verify.group_rows[verify.group] if verify.group < len(verify.group_rows) else 0
+        self._walk(verify, side, budget, chunk, group_rows)
 
     def _walk(
-        self, verify: Verify, side: TableSide, budget: _Budget, chunk: Callable[[Pk | None, Pk | None], None]
+        self,
+        verify: Verify,
+        side: TableSide,
+        budget: _Budget,
+        chunk: Callable[[Pk | None, Pk | None], None],
+        wanted_rows: int,
     ) -> None:
         """Read this side again along its phase-1 chunks (merged up to the target time), last chunk first:
-        the pages phase 1 read last may still be in the buffer pool."""
+        the pages phase 1 read last may still be in the buffer pool. Of all rows (both sides),
+        ``wanted_rows`` are returned: chunks stay small enough that one returns about ``RESULT_ROWS``."""
         settings = self.settings
         progress = verify.sides[side.role]
         target = progress.compare_size or max(settings.chunk_size, settings.min_chunk_size)
+        total = sum(p.rows for p in verify.sides.values())
+        limit = max(settings.min_chunk_size, RESULT_ROWS * total // wanted_rows) if wanted_rows else target
         bounds = progress.bounds or [(None, 0)]
         while not progress.compare_done and budget.allows(side.role):
             if not self._wait_for_load(side, budget):
                 break
             last = len(bounds) - 1 - progress.position
             first, rows = last, bounds[last][1]
-            while first > 0 and rows + bounds[first - 1][1] <= target:
+            while first > 0 and rows + bounds[first - 1][1] <= min(target, limit):
                 first -= 1
                 rows += bounds[first][1]
             began = time.monotonic()
