@@ -10,8 +10,12 @@ verifies the whole source table against each destination in three phases:
    count and the ``BIT_XOR`` of a 64-bit row hash. Counts and XORs add up in
    any order, so Python sums them into two arrays of ``B`` buckets per side.
 2. **compare**: only buckets whose (count, XOR) differ matter. Each side is
-   read again in primary-key order (the chunk bounds of phase 1 are reused)
-   returning ``(pk, key, row hash)`` of the rows in those buckets only.
+   read again in primary-key order (the chunk bounds of phase 1 are reused,
+   last chunk first) returning ``(pk, key, row hash)`` of the rows in those
+   buckets only. When those buckets hold more rows than ``maxCompareRows``, a
+   **refine** pass first checksums them again split into sub-buckets of about
+   two rows (one more sequential read, fixed-size arrays), so the compare
+   fetches little more than the differing rows.
 3. **judge**: keys missing, extra or with another row hash are re-read
    (source rows by primary key, destination rows by key) and judged on what
    the tables hold now, exactly as the incremental compare judges: type 1
@@ -119,7 +123,8 @@ class ReconcileSettings:
     :param bucket_rows: rows per hash bucket aimed at; the bucket count follows the larger table.
     :param min_buckets: the fewest hash buckets.
     :param max_buckets: the most hash buckets (the checkpoint holds 12 bytes per bucket and side).
-    :param max_compare_rows: rows of differing buckets (both sides) compared in memory at once.
+    :param max_compare_rows: rows of differing buckets (both sides) compared in memory at once; more are
+        first refined into sub-buckets (and, if still more, compared in several passes).
     :param checkpoint_second: write the checkpoint at least this often while chunks run.
     :param fetch_batch: keys per re-read query of the judge phase.
     """
@@ -898,7 +903,6 @@ class _Budget:
         self.outcome = outcome
         self.stop = threading.Event()
         self.lock = threading.Lock()
-        self.paused = False
 
     def allows(self, side: str) -> bool:
         """Whether this side may run another chunk query; its first one always (every run makes progress)."""
@@ -906,12 +910,8 @@ class _Budget:
             return False
         if self.outcome.chunks[side] == 0:
             return True
-        if time.monotonic() >= self.deadline or (
-            self.max_chunks is not None and self.outcome.chunks[side] >= self.max_chunks
-        ):
-            self.paused = True
-            return False
-        return True
+        over_budget = self.max_chunks is not None and self.outcome.chunks[side] >= self.max_chunks
+        return time.monotonic() < self.deadline and not over_budget
 
     def in_time(self) -> bool:
         return not self.stop.is_set() and time.monotonic() < self.deadline
@@ -1191,14 +1191,13 @@ class ReconcileRun:
         settings = self.settings
         progress = verify.sides[side.role]
         counts, xors = verify.counts[side.role], verify.xors[side.role]
-        row_hash_check = verify.method
         size = progress.chunk_size or settings.chunk_size
         while not progress.done and budget.allows(side.role):
             if not self._wait_for_load(side, budget):
                 break
             began = time.monotonic()
             high = side.boundary(progress.last, size)
-            result = side.checksum(progress.last, high, verify.buckets, row_hash_check)
+            result = side.checksum(progress.last, high, verify.buckets, verify.method)
             elapsed = max(time.monotonic() - began, 1e-3)
             rows = nulls = 0
             with budget.lock:
@@ -1355,7 +1354,6 @@ class ReconcileRun:
             if not busy:
                 return True
             if not budget.in_time():
-                budget.paused = True
                 return False
             log.info("reconcile waits for the %s server: %s", side.role, "; ".join(busy))
             budget.stop.wait(settings.wait_second)
