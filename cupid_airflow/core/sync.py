@@ -106,7 +106,7 @@ def new_cursor() -> dict[str, Any]:
 class SyncRun:
     """One bounded run of the compare; :meth:`run` returns the run's summary."""
 
-    RECORD_EVERY = 5000  # mismatches buffered before one recording transaction
+    RECORD_BYTES = 1 << 20  # callback bodies buffered before one recording transaction
 
     def __init__(
         self,
@@ -129,6 +129,7 @@ class SyncRun:
         self.changed = 0
         self.recorded = 0
         self._unrecorded: list[Mismatch] = []
+        self._unrecorded_bytes = 0
         self._local = threading.local()
         self._all_conns: list[Any] = []
         self._conn_lock = threading.Lock()
@@ -349,7 +350,8 @@ class SyncRun:
                 mismatches.append(mismatch)
                 state.mismatched.setdefault(diff.type, set()).add(source_id)
         self._unrecorded.extend(mismatches)
-        if len(self._unrecorded) >= self.RECORD_EVERY:
+        self._unrecorded_bytes += sum(len(m.body) for m in mismatches)
+        if self._unrecorded_bytes >= self.RECORD_BYTES:
             self._flush()
 
     def _mismatch(
@@ -388,6 +390,7 @@ class SyncRun:
         if self._unrecorded:
             self.recorded += self.store.record(self._unrecorded)
             self._unrecorded = []
+            self._unrecorded_bytes = 0
 
     # -- connections --------------------------------------------------------------------------
     def _lookup_connection(self, name: str, params: ConnectionParams) -> Any:
