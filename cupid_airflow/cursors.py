@@ -17,8 +17,10 @@ DESCRIPTIONS = {
         "updateTime the end of the last completed update window (source DB time). Edit insertId to rescan from there."
     ),
     "reconcile": (
-        "cupid reconcile checkpoint of config {config!r}, destination {destination!r}: lastKey (base64) is the end "
-        "of the last verified key range. Delete this Variable to start the next reconcile from the beginning."
+        "cupid reconcile progress of config {config!r}, destination {destination!r} (phase, rows checksummed per "
+        "table, differences found so far), for display only: the checkpoint itself is in table "
+        "cupid_reconcile_checkpoint of the state database. Trigger the reconcile DAG with "
+        '{{"restart": true}} to start the verify over.'
     ),
 }
 

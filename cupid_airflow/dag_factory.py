@@ -15,6 +15,7 @@ from cupid_airflow.core.config import (
     find_config_files,
     load_config,
 )
+from cupid_airflow.core.reconcile import CHECKPOINT_TABLE
 from cupid_airflow.core.store import STORE_TABLE
 from cupid_airflow.cursors import cursor_variable_key
 
@@ -106,6 +107,13 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
             start_date=START_DATE,
             catchup=False,
             max_active_runs=1,
+            params={
+                "restart": Param(
+                    False,
+                    type="boolean",
+                    description="Drop the checkpoints and start the verify of every destination over.",
+                )
+            },
             doc_md=_reconcile_doc(config),
             tags=tags,
             default_args={"owner": "cupid", **alerts},
@@ -234,11 +242,15 @@ def _reconcile_doc(config: CupidConfig) -> str:
     section = config.reconcile
     return (
         f"# cupid reconcile: `{config.name}`\n\nVerifies the whole source table `{config.src.table}` against every "
-        "destination by checksums of key ranges, and records each missing or different row"
+        "destination: both tables are read in their own primary-key order, rows are checksummed per hash bucket "
+        "of the key, and only rows of differing buckets are fetched. Records each missing or different row"
         f"{' and each row deleted at the source (type 3)' if section.detect_deletes else ''} in the delivery store; "
-        f"`{config.sync_dag_id}`'s `deliver` task sends them. Checkpoints: Variables "
+        f"`{config.sync_dag_id}`'s `deliver` task sends them. A run pauses after {section.max_seconds_per_run:g} s"
+        + (f" or {section.max_chunks_per_run} chunk queries" if section.max_chunks_per_run else "")
+        + f" and the next one resumes from the checkpoint in table `{CHECKPOINT_TABLE}` "
+        f"({config.state_connection.describe()}); progress for the UI: Variables "
         + ", ".join(f"`{cursor_variable_key(config.name, n, 'reconcile')}`" for n in config.destination_names)
-        + f"; a run pauses after {section.max_seconds_per_run:g} s and the next one resumes."
+        + '. Trigger with `{"restart": true}` to start over.'
     )
 
 
