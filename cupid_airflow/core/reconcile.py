@@ -58,7 +58,14 @@ from typing import TYPE_CHECKING, Any
 
 from cupid_airflow.core.compare import DELETED, DIFFERENT, MISSING, DestinationSpec
 from cupid_airflow.core.payload import build_body, idempotency_key, row_version
-from cupid_airflow.core.sql import ConnectionParams, connect, literal_int, quote_identifier, quote_table, split_table
+from cupid_airflow.core.sql import (
+    ConnectionParams,
+    LazyConnection,
+    literal_int,
+    quote_identifier,
+    quote_table,
+    split_table,
+)
 from cupid_airflow.core.store import DeliveryStore, Mismatch
 
 if TYPE_CHECKING:
@@ -163,7 +170,7 @@ class ReconcileError(RuntimeError):
     """A table cannot be reconciled as configured."""
 
 
-class TableSide:
+class TableSide(LazyConnection):
     """One side of a reconcile: its table read through its own connection, in its own names.
 
     :param role: ``source`` or ``destination`` (for logs and summaries).
@@ -172,32 +179,18 @@ class TableSide:
     """
 
     def __init__(self, role: str, params: ConnectionParams, table: str, key: str, columns: Sequence[str]) -> None:
+        super().__init__(params)
         self.role = role
-        self.params = params
         self.table_name = table
         self.table = quote_table(table)
         self.key_name = key
         self.columns = list(columns)
-        self._conn: Any = None
         self.info: dict[str, Column] = {}
         self.pk: list[Column] = []
         self.pk_index: str | None = None
         self.estimated_rows = 0
         self.has_crc32c = False
         self.queries = 0
-
-    # -- connection ---------------------------------------------------------------------------
-    @property
-    def conn(self) -> Any:
-        if self._conn is None:
-            self._conn = connect(self.params)
-        return self._conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):  # closing a broken connection must not hide the run's result
-                self._conn.close()
-            self._conn = None
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         """Run one fully rendered statement (no parameters, so a literal ``%`` stays as it is)."""
@@ -761,7 +754,7 @@ def _unpack_pairs(data: bytes) -> dict[Key, tuple[int, Pk]]:
 
 
 # -- the checkpoint table --------------------------------------------------------------------------
-class CheckpointStore:
+class CheckpointStore(LazyConnection):
     """Reconcile checkpoints in the state database (table ``cupid_reconcile_checkpoint``).
 
     One row per config and destination: the verify's JSON state and its bucket
@@ -774,30 +767,8 @@ class CheckpointStore:
     def __init__(self, params: ConnectionParams, table: str = CHECKPOINT_TABLE) -> None:
         if not params.database:
             raise ReconcileError(f"the state connection {params.describe()} names no database for {table}")
-        self.params = params
+        super().__init__(params)
         self.table = quote_table(table)
-        self._conn: Any = None
-
-    @property
-    def conn(self) -> Any:
-        if self._conn is None:
-            self._conn = connect(self.params)
-        return self._conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
-
-    def _execute(self, sql: str, args: Sequence[Any] | None = None) -> Any:
-        cursor = self.conn.cursor()
-        try:
-            cursor.execute(sql, args)
-        except Exception:
-            self.close()
-            raise
-        return cursor
 
     def ensure_schema(self) -> None:
         self._execute(CHECKPOINT_SCHEMA.format(table=self.table))

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 IDENTIFIER_RE = re.compile(r"^[A-Za-z0-9_$]{1,64}$")
 IDENTIFIER_RULE = "letters, digits, '_' and '$', 1 to 64 characters"
@@ -65,6 +69,35 @@ class ConnectionParams:
 
     def __repr__(self) -> str:
         return f"ConnectionParams({self.describe()})"
+
+
+class LazyConnection:
+    """One raw-bytes connection, opened on first use and dropped after an error so the next use reconnects."""
+
+    def __init__(self, params: ConnectionParams) -> None:
+        self.params = params
+        self._conn: Any = None
+
+    @property
+    def conn(self) -> Any:
+        if self._conn is None:
+            self._conn = connect(self.params)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):  # closing a broken connection must not hide the real error
+                self._conn.close()
+            self._conn = None
+
+    def _execute(self, sql: str, args: Sequence[Any] | None = None) -> Any:
+        cursor = self.conn.cursor()
+        try:
+            cursor.execute(sql, args)
+        except Exception:
+            self.close()
+            raise
+        return cursor
 
 
 def connect(params: ConnectionParams, *, connect_timeout: int = 10, read_timeout: int | None = None) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cupid_airflow.core.sql import ConnectionParams, connect, literal_int, quote_table
+from cupid_airflow.core.sql import ConnectionParams, LazyConnection, literal_int, quote_table
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -81,7 +81,7 @@ class StoreError(RuntimeError):
     """The delivery store cannot be used."""
 
 
-class DeliveryStore:
+class DeliveryStore(LazyConnection):
     """The ``cupid_delivery`` table in the state database.
 
     :param params: where the state database is; it must name a database.
@@ -91,32 +91,8 @@ class DeliveryStore:
     def __init__(self, params: ConnectionParams, table: str = STORE_TABLE) -> None:
         if not params.database:
             raise StoreError(f"the state connection {params.describe()} names no database for {table}")
-        self.params = params
+        super().__init__(params)
         self.table = quote_table(table)
-        self._conn: Any = None
-
-    # -- connection -------------------------------------------------------------------------
-    @property
-    def conn(self) -> Any:
-        if self._conn is None:
-            self._conn = connect(self.params)
-        return self._conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
-
-    def _execute(self, sql: str, args: Sequence[Any] | None = None) -> Any:
-        cursor = self.conn.cursor()
-        try:
-            cursor.execute(sql, args)
-        except Exception:
-            self.close()
-            raise
-        return cursor
 
     def ensure_schema(self) -> None:
         """Create the table when it does not exist yet; add columns that later versions introduced."""
