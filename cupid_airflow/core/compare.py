@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from itertools import compress
+from operator import itemgetter, ne
+from typing import TYPE_CHECKING, Any, cast
 
 from cupid_airflow.core.sql import quote_identifier, quote_table
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
 MISSING = 1
 DIFFERENT = 2
@@ -68,10 +69,7 @@ class DestinationReader:
             return {}
         cursor = conn.cursor()
         cursor.execute(self._sql.encode() + conn.literal(tuple(keys)))
-        found: dict[bytes, tuple[Value, ...]] = {}
-        for row in cursor.fetchall():
-            found[row[0]] = tuple(row[1:])
-        return found
+        return {row[0]: row[1:] for row in cursor.fetchall()}
 
     def compare(
         self,
@@ -87,13 +85,19 @@ class DestinationReader:
         compared with it instead of being reported missing.
         """
         expected_of = self._expected
+        # a NULL source key is looked up too (and found nowhere); it is skipped below
+        get = cast("Callable[[Value], tuple[Value, ...] | None]", found.get)
+        # most rows match: find the candidates with map/compress, which run in C, then look at those only
+        wanted: Iterable[tuple[Value, ...]] = values if expected_of is _same else map(expected_of, values)
+        candidates = list(compress(range(len(keys)), map(ne, map(get, keys), wanted)))
         mismatches: list[Difference] = []
         loose: dict[bytes, tuple[Value, ...]] | None = None
-        for i, key in enumerate(keys):
+        for i in candidates:
+            key = keys[i]
             if key is None or (skip is not None and skip[i]):
                 continue
             expected = expected_of(values[i])
-            actual = found.get(key)
+            actual = get(key)
             if actual is None:
                 if loose is None:
                     # rows the destination's collation matched to a key that differs in case or spaces

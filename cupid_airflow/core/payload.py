@@ -42,12 +42,12 @@ def row_version(row: Mapping[str, bytes | None]) -> str:
     different versions. Columns are taken in name order, so the version does
     not depend on the order the scan returned them in.
     """
-    digest = hashlib.sha1(usedforsecurity=False)
+    parts: list[bytes] = []
     for name in sorted(row):
         value = row[name]
-        digest.update(_framed(name.encode("utf-8")))
-        digest.update(_NULL_MARK if value is None else _VALUE_MARK + _framed(value))
-    return digest.hexdigest()
+        parts.append(_framed(name.encode("utf-8")))
+        parts.append(_NULL_MARK if value is None else _VALUE_MARK + _framed(value))
+    return hashlib.sha1(b"".join(parts), usedforsecurity=False).hexdigest()
 
 
 def idempotency_key(config: str, destination: str, row_key: bytes, version: str) -> str:

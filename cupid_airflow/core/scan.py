@@ -209,10 +209,11 @@ class SourceReader:
         return {int(row[id_index]): dict(zip(names, row, strict=False)) for row in cursor.fetchall()}
 
     def _batch(self, rows: list[tuple[Any, ...]], positions: list[bytes | None] | None) -> SourceBatch:
+        columns = list(zip(*rows, strict=True))  # transposed in C: much faster than a loop per row
         return SourceBatch(
-            ids=[int(r[0]) for r in rows],
-            keys=[r[1] for r in rows],
-            values=[tuple(r[2:]) for r in rows],
+            ids=list(map(int, columns[0])),
+            keys=list(columns[1]),
+            values=list(zip(*columns[2:], strict=True)),
             positions=positions or [],
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -24,7 +25,7 @@ from cupid_airflow.core.sql import ConnectionParams, connect
 from cupid_airflow.core.store import DeliveryStore, Mismatch
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Generator, Iterator, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -138,15 +139,12 @@ class SyncRun:
     def run(self) -> dict[str, Any]:
         plan = self.plan
         source_conn = self.connector(plan.source)
+        batch_conn = None
         try:
-            self.source = SourceReader(
-                source_conn,
-                table=plan.table,
-                id_column=plan.id_column,
-                by_column=plan.by_column,
-                columns=self.columns,
-                database=plan.source.database,
-            )
+            self.source = self._reader(source_conn)
+            # batches are read ahead on a connection of their own while the main thread compares
+            batch_conn = self.connector(plan.source)
+            self.batch_reader = self._reader(batch_conn)
             types = self.source.check(plan.update_column if plan.update else None)
             update = None
             if plan.update and plan.update_column:  # an unusable update column fails before anything is scanned
@@ -165,6 +163,19 @@ class SyncRun:
         finally:
             self._close_lookup_connections()
             source_conn.close()
+            if batch_conn is not None:
+                batch_conn.close()
+
+    def _reader(self, conn: Any) -> SourceReader:
+        plan = self.plan
+        return SourceReader(
+            conn,
+            table=plan.table,
+            id_column=plan.id_column,
+            by_column=plan.by_column,
+            columns=self.columns,
+            database=plan.source.database,
+        )
 
     def _load_states(self) -> dict[str, DestinationState]:
         states: dict[str, DestinationState] = {}
@@ -207,7 +218,8 @@ class SyncRun:
         def advance(state: DestinationState, batch: SourceBatch) -> None:
             state.cursor["insertId"] = max(int(state.cursor["insertId"]), batch.ids[-1] + 1)
 
-        done = self._scan("insert", self.source.id_batches(scan_start, plan.batch_size), healthy, skip_for, advance)
+        batches = _read_ahead(self.batch_reader.id_batches(scan_start, plan.batch_size))
+        done = self._scan("insert", batches, healthy, skip_for, advance)
         return done and len(healthy) == len(self.states)
 
     # -- updated rows -------------------------------------------------------------------------
@@ -236,7 +248,7 @@ class SyncRun:
                 state.cursor["updateWindow"] = [low, high]
                 state.cursor["updatePosition"] = [last.decode() if last else None, batch.ids[-1]]
 
-            batches = self.source.update_batches(update, low, high, position, self.plan.batch_size)
+            batches = _read_ahead(self.batch_reader.update_batches(update, low, high, position, self.plan.batch_size))
             complete = self._scan("update", batches, members, lambda s, b: None, advance)
             if complete:
                 for state in members:
@@ -249,7 +261,7 @@ class SyncRun:
     def _scan(
         self,
         phase: str,
-        batches: Iterator[SourceBatch],
+        batches: Generator[SourceBatch, None, None],
         states: Sequence[DestinationState],
         skip_for: Callable[[DestinationState, SourceBatch], list[bool] | None],
         advance: Callable[[DestinationState, SourceBatch], None],
@@ -261,24 +273,23 @@ class SyncRun:
         in_flight: deque[tuple[SourceBatch, dict[str, Future[dict[bytes, tuple[bytes | None, ...]]]]]] = deque()
         scanned = 0
         exhausted = True
-        for batch in batches:
-            futures = {}
-            for state in states:
-                if state.healthy:
-                    keys = [k for k in batch.keys if k is not None]
-                    futures[state.name] = self.pool.submit(self._lookup, state, keys)
-            in_flight.append((batch, futures))
-            scanned += len(batch.ids)
-            while len(in_flight) >= depth:
-                self._finish(phase, *in_flight.popleft(), states, skip_for, advance)
-            if scanned >= plan.max_rows_per_run or time.monotonic() >= deadline:
-                exhausted = False
-                break
+        try:
+            for batch in batches:
+                keys = [k for k in batch.keys if k is not None]
+                futures = {s.name: self.pool.submit(self._lookup, s, keys) for s in states if s.healthy}
+                in_flight.append((batch, futures))
+                scanned += len(batch.ids)
+                while len(in_flight) >= depth:
+                    self._finish(phase, *in_flight.popleft(), states, skip_for, advance)
+                if scanned >= plan.max_rows_per_run or time.monotonic() >= deadline:
+                    exhausted = False
+                    break
+        finally:
+            batches.close()  # stops the read-ahead before anything else uses the source
         while in_flight:
             self._finish(phase, *in_flight.popleft(), states, skip_for, advance)
         self._flush()
         if not exhausted:
-            # the budget ran out exactly at the end of the table: the next run finds nothing more
             log.info("%s scan stopped by its budget after %d rows; the next run continues", phase, scanned)
         return exhausted and all(s.healthy for s in states)
 
@@ -438,6 +449,42 @@ class SyncRun:
             "caughtUp": complete,
             "destinations": destinations,
         }
+
+
+def _read_ahead(batches: Iterator[SourceBatch], depth: int = 2) -> Generator[SourceBatch, None, None]:
+    """Yield the batches while a thread already reads the next ``depth`` ones; ``close()`` stops it."""
+    ready: queue.Queue[Any] = queue.Queue()
+    slots = threading.Semaphore(depth)
+    stop = threading.Event()
+    end = object()
+
+    def pump() -> None:
+        try:
+            for batch in batches:
+                while not slots.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
+                    return
+                ready.put(batch)
+            ready.put(end)
+        except BaseException as err:  # handed to the consumer, which raises it
+            ready.put(err)
+
+    reader = threading.Thread(target=pump, name="cupid-source-read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            slots.release()
+            yield item
+    finally:
+        stop.set()
+        reader.join()
 
 
 def _recent_passes(recent: list[Any], late_commit_second: int) -> list[tuple[str, int]]:
