@@ -31,6 +31,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "cupid_airflow.operators.compare",
                     "cupid_airflow.operators.callback",
+                    "cupid_airflow.operators.reconcile",
                 ],
             }
         ],
