@@ -37,6 +37,7 @@ class RouteOutcome:
     failed: list[int] = field(default_factory=list)
     not_sent: int = 0
     errors: list[str] = field(default_factory=list)
+    circuit_open: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -115,12 +116,24 @@ def dispatch(
             finally:
                 buffer.flush()
             if buffer.circuit_open:
+                outcome.circuit_open = True
                 log.error(
                     "destination %s: circuit open after repeated failures; the rest waits for the next try",
                     route.destination,
                 )
                 break
     return outcomes
+
+
+def park_failures(store: DeliveryStore, config: str, outcomes: dict[str, RouteOutcome]) -> int:
+    """After the last try: park the items that failed, and every pending item of a destination whose
+    circuit opened (not even fetched yet: its receiver keeps failing, so the failure pool takes them)."""
+    failed = sorted(i for o in outcomes.values() for i in o.failed)
+    parked = store.park(config, failed) if failed else 0
+    for destination, outcome in outcomes.items():
+        if outcome.circuit_open:
+            parked += store.park(config, destination=destination)
+    return parked
 
 
 def _drop_consistent(

@@ -211,9 +211,16 @@ class DeliveryStore(LazyConnection):
             (None if http_status is None else str(http_status), error[:1024]),
         )
 
-    def park(self, config: str, ids: Sequence[int] | None = None) -> int:
-        """Move pending items (all of a config, or the given ones) into the failure pool."""
-        return self._move(config, (PENDING,), PARKED, ids)
+    def park(self, config: str, ids: Sequence[int] | None = None, *, destination: str | None = None) -> int:
+        """Move pending items (all of a config or of one destination, or the given ones) into the failure pool."""
+        if destination is None:
+            return self._move(config, (PENDING,), PARKED, ids)
+        where, args = self._where(config, (PENDING,), ids)
+        cursor = self._execute(
+            f"UPDATE {self.table} SET status = %s, updated_at = NOW(6) WHERE {where} AND destination = %s",
+            [PARKED, *args, destination],
+        )
+        return int(cursor.rowcount)
 
     def requeue(self, config: str, ids: Sequence[int] | None = None, statuses: Sequence[str] = (DEAD,)) -> int:
         """Put items back into the failure pool (from dead, by default) with a fresh attempt count and age."""

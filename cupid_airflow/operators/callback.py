@@ -48,7 +48,7 @@ class CallbackOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from cupid_airflow.connections import resolve_connection
         from cupid_airflow.core.config import load_config
-        from cupid_airflow.core.dispatch import dispatch
+        from cupid_airflow.core.dispatch import dispatch, park_failures
         from cupid_airflow.core.store import PARKED, PENDING, DeliveryStore
 
         config = load_config(self.config_path)
@@ -69,7 +69,7 @@ class CallbackOperator(BaseOperator):
             retries = self.retries or 0
             last_try = context["ti"].try_number > retries
             if failed and not self.failure_pool and last_try:
-                parked = store.park(config.name, failed)
+                parked = park_failures(store, config.name, outcomes)
                 summary["parked"] = parked
                 self.log.error("parked %d item(s) in the failure pool after the last try", parked)
                 self._alert(
