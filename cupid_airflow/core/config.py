@@ -279,6 +279,9 @@ class Reconcile(_Model):
       rows than this are compared in several passes.
     - ``checkpointSecond``: write the checkpoint (table ``cupid_reconcile_checkpoint`` in the state
       database) at least this often while chunk queries run.
+    - ``keyColumns``: two or more *source* columns that match rows instead of ``src.byColumn`` /
+      ``des[].byColumn`` (a composite key); every one must be mapped in each destination's ``columns``,
+      which gives its destination name.
     """
 
     enabled: bool = False
@@ -296,6 +299,20 @@ class Reconcile(_Model):
     bucket_rows: int = Field(default=32, ge=1, le=100000)
     max_compare_rows: int = Field(default=100000, ge=1000)
     checkpoint_second: float = Field(default=10.0, gt=0)
+    key_columns: list[str] | None = Field(default=None, min_length=2)
+
+    @field_validator("key_columns")
+    @classmethod
+    def _key_columns(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        seen: set[str] = set()
+        for column in value:
+            _check_identifier(column)
+            if column.lower() in seen:
+                raise ValueError(f"column {column!r} is listed twice")
+            seen.add(column.lower())
+        return value
 
     @model_validator(mode="after")
     def _chunk_bounds(self) -> Reconcile:
@@ -345,6 +362,20 @@ class CupidConfig(_Model):
             if name in seen:
                 raise ValueError(f"two destinations are named {name!r}; destination names must be unique")
             seen.add(name)
+        return self
+
+    @model_validator(mode="after")
+    def _reconcile_key_columns_mapped(self) -> CupidConfig:
+        """Every ``reconcile.keyColumns`` column is mapped in each destination's ``columns``."""
+        for n, (name, destination) in enumerate(zip(self.destination_names, self.des, strict=True)):
+            mapped = {c.lower() for c in destination.columns}
+            absent = [c for c in self.reconcile.key_columns or () if c.lower() not in mapped]
+            if absent:
+                raise ValueError(
+                    f"reconcile.keyColumns: {', '.join(repr(c) for c in absent)} not mapped in des[{n}].columns "
+                    f"(destination {name}); every key column must be a source column of each destination's "
+                    "columns mapping, which gives its destination name"
+                )
         return self
 
     @property

@@ -30,6 +30,12 @@ rows of a bucket changed the same way (the same flag flipped on two rows of
 equal length); the product of two different CRCs is not linear. Servers
 without ``CRC32C`` (MySQL) use ``CRC32(s) * CRC32(REVERSE(s))`` on both sides.
 
+With ``reconcile.keyColumns`` the rows are matched by a tuple of columns instead of
+``byColumn``: the bucket is ``CRC32`` of the parts framed like the row hash's values
+(``CONCAT_WS('|', ...)`` of NULL-marked, length-prefixed texts), rows are paired and re-read
+by the tuple (``OR`` of ``AND``s, ``IS NULL`` for NULL parts), and the key as stored and sent is
+:func:`composite_key`: a UTF-8 JSON array of the parts.
+
 Both sides run at once in two threads (one connection each). Chunk sizes adapt
 to a target time per chunk query; optional gates wait while a server's
 ``Threads_running`` or replica lag is too high. Progress (phase, each side's
@@ -90,6 +96,7 @@ CREATE TABLE IF NOT EXISTS {table} (
 FORMAT_VERSION = 1
 MAX_REFINED = 1 << 19  # sub-buckets of the refine phase, per side (12 bytes each in the checkpoint)
 RESULT_ROWS = 50_000  # rows a refine or compare chunk query should return at most (bounds memory)
+KEY_TUPLES = 500  # composite keys per re-read query (an OR of ANDs)
 
 CHECKSUM = "checksum"
 REFINE = "refine"
@@ -170,21 +177,63 @@ class ReconcileError(RuntimeError):
     """A table cannot be reconciled as configured."""
 
 
+def composite_key(parts: Sequence[bytes | None]) -> Key:
+    """A composite key as stored (``row_key``) and sent (``key``): the compact JSON array of its parts,
+    UTF-8. A part is its text, NULL is ``null``, a part that is not UTF-8 is ``{"base64": "..."}``;
+    so the encoding is unambiguous and the same parts always give the same bytes."""
+    items: list[str | dict[str, str] | None] = []
+    for part in parts:
+        if part is None:
+            items.append(None)
+            continue
+        try:
+            items.append(part.decode("utf-8"))
+        except UnicodeDecodeError:
+            items.append({"base64": base64.b64encode(part).decode("ascii")})
+    return json.dumps(items, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def composite_parts(key: Key) -> tuple[bytes | None, ...]:
+    """The parts of a :func:`composite_key`."""
+    parts: list[bytes | None] = []
+    for item in json.loads(key):
+        if item is None:
+            parts.append(None)
+        elif isinstance(item, dict):
+            parts.append(base64.b64decode(item["base64"]))
+        else:
+            parts.append(str(item).encode("utf-8"))
+    return tuple(parts)
+
+
 class TableSide(LazyConnection):
     """One side of a reconcile: its table read through its own connection, in its own names.
 
     :param role: ``source`` or ``destination`` (for logs and summaries).
     :param key: the match key column (``byColumn``).
     :param columns: the compared columns, in the order both sides hash them.
+    :param key_columns: two or more columns that match rows instead of ``key`` (``reconcile.keyColumns``,
+        in this side's names); keys are then :func:`composite_key` bytes.
     """
 
-    def __init__(self, role: str, params: ConnectionParams, table: str, key: str, columns: Sequence[str]) -> None:
+    def __init__(
+        self,
+        role: str,
+        params: ConnectionParams,
+        table: str,
+        key: str,
+        columns: Sequence[str],
+        key_columns: Sequence[str] | None = None,
+    ) -> None:
         super().__init__(params)
         self.role = role
         self.table_name = table
         self.table = quote_table(table)
         self.key_name = key
         self.columns = list(columns)
+        self.key_parts = list(key_columns) if key_columns else [key]
+        self.composite = len(self.key_parts) > 1
+        self.keys: list[Column] = []
         self.info: dict[str, Column] = {}
         self.pk: list[Column] = []
         self.pk_index: str | None = None
@@ -249,10 +298,12 @@ class TableSide(LazyConnection):
         }
         if not self.info:
             raise ReconcileError(f"{self.role} table {self.table_name!r} does not exist at {self.params.describe()}")
-        absent = [c for c in dict.fromkeys([self.key_name, *self.columns]) if c.lower() not in self.info]
+        named = [self.key_name, *self.key_parts, *self.columns] if self.composite else [self.key_name, *self.columns]
+        absent = [c for c in dict.fromkeys(named) if c.lower() not in self.info]
         if absent:
             raise ReconcileError(f"{self.role} table {self.table_name!r} has no column(s) {', '.join(absent)}")
         self.key = self.info[self.key_name.lower()]
+        self.keys = [self.info[c.lower()] for c in self.key_parts]
         indexes: dict[str, list[tuple[int, str, bool, bool]]] = {}
         for name, seq, column, non_unique, sub_part in self.query(
             "SELECT INDEX_NAME, SEQ_IN_INDEX, COLUMN_NAME, NON_UNIQUE, SUB_PART FROM information_schema.STATISTICS "
@@ -291,13 +342,16 @@ class TableSide(LazyConnection):
 
     def describe_shape(self) -> dict[str, Any]:
         """What the checkpoint depends on: a changed shape starts the verify over."""
-        return {
+        shape = {
             "table": self.table_name,
             "where": self.params.describe(),
             "key": self.key_name,
             "columns": self.columns,
             "pk": [c.name for c in self.pk],
         }
+        if self.composite:
+            shape["keyColumns"] = self.key_parts
+        return shape
 
     # -- SQL pieces ---------------------------------------------------------------------------
     def _value(self, column: Column) -> str:
@@ -307,15 +361,20 @@ class TableSide(LazyConnection):
             return f"CONVERT({quoted} USING utf8mb4)"
         return quoted
 
+    def _framed(self, column: Column) -> str:
+        """A column's value, NULL-marked and length-prefixed: no two value sequences join alike."""
+        value = self._value(column)
+        return f"IF({quote_identifier(column.name)} IS NULL, 'N', CONCAT(LENGTH({value}), ':', {value}))"
+
     def bucket_sql(self, buckets: int) -> str:
+        if self.composite:
+            text = f"CONCAT_WS('|', {', '.join(self._framed(c) for c in self.keys)})"
+            return f"MOD(CRC32({text}), {literal_int(buckets)})"
         return f"MOD(CRC32({self._value(self.key)}), {literal_int(buckets)})"
 
     def row_hash_sql(self, method: str) -> str:
-        parts = []
-        for name in [self.key_name, *self.columns]:
-            column = self.info[name.lower()]
-            value = self._value(column)
-            parts.append(f"IF({quote_identifier(column.name)} IS NULL, 'N', CONCAT(LENGTH({value}), ':', {value}))")
+        names = [*self.key_parts, *self.columns] if self.composite else [self.key_name, *self.columns]
+        parts = [self._framed(self.info[name.lower()]) for name in names]
         text = f"CONCAT_WS('|', {', '.join(parts)})"
         if method == HASH_CRC32C:
             return f"(CRC32({text}) * CRC32C({text}))"
@@ -403,8 +462,10 @@ class TableSide(LazyConnection):
         )
 
     def pairs(self, low: Pk | None, high: Pk | None, buckets: int, method: str, wanted: str) -> list[tuple[Any, ...]]:
-        """``(pk..., key, row hash)`` of the chunk's rows whose bucket is in ``wanted`` (an SQL list)."""
-        select = ", ".join([*(quote_identifier(c.name) for c in self.pk), quote_identifier(self.key.name)])
+        """``(pk..., key, row hash)`` of the chunk's rows whose bucket is in ``wanted`` (an SQL list);
+        ``(pk..., key parts..., row hash)`` for a composite key."""
+        keys = self.keys if self.composite else [self.key]
+        select = ", ".join([*(quote_identifier(c.name) for c in self.pk), *(quote_identifier(c.name) for c in keys)])
         return self.query(
             f"SELECT {select}, {self.row_hash_sql(method)} FROM {self.table}{self._index_hint()}"
             f"{self.range_where(low, high, f'{self.bucket_sql(buckets)} IN ({wanted})')}"
@@ -426,6 +487,8 @@ class TableSide(LazyConnection):
     def whole_rows_by_key(self, keys: Sequence[Key]) -> list[dict[str, bytes | None]]:
         if not keys:
             return []
+        if self.composite:
+            return [r for w in self._tuples_in(keys) for r in self.query_dicts(f"SELECT * FROM {self.table} WHERE {w}")]
         return self.query_dicts(f"SELECT * FROM {self.table} WHERE {self._key_in(keys)}")
 
     def mapped_by_key(self, keys: Sequence[Key]) -> dict[Key, Values]:
@@ -433,6 +496,13 @@ class TableSide(LazyConnection):
         if not keys:
             return {}
         columns = ", ".join(quote_identifier(self.info[c.lower()].name) for c in self.columns)
+        if self.composite:
+            width = len(self.keys)
+            mapped: dict[Key, Values] = {}
+            for where in self._tuples_in(keys):
+                for r in self.query(f"SELECT {self._key_list()}, {columns} FROM {self.table} WHERE {where}"):
+                    mapped[composite_key(r[:width])] = tuple(r[width:])
+            return mapped
         rows = self.query(
             f"SELECT {quote_identifier(self.key.name)}, {columns} FROM {self.table} WHERE {self._key_in(keys)}"
         )
@@ -442,11 +512,47 @@ class TableSide(LazyConnection):
         """Keys of the rows the table's collation matches to ``keys`` (twins included)."""
         if not keys:
             return set()
+        if self.composite:
+            return {
+                composite_key(r)
+                for where in self._tuples_in(keys)
+                for r in self.query(f"SELECT {self._key_list()} FROM {self.table} WHERE {where}")
+            }
         rows = self.query(f"SELECT {quote_identifier(self.key.name)} FROM {self.table} WHERE {self._key_in(keys)}")
         return {r[0] for r in rows if r[0] is not None}
 
+    def row_key(self, row: dict[str, bytes | None]) -> Key | None:
+        """The match key of a whole row read by ``SELECT *`` (None for a NULL single key)."""
+        if self.composite:
+            return composite_key([row.get(_name_in(row, c.name)) for c in self.keys])
+        return row.get(_name_in(row, self.key.name))
+
     def _key_in(self, keys: Sequence[Key]) -> str:
         return f"{quote_identifier(self.key.name)} IN ({', '.join(self.literal(self.key, k) for k in keys)})"
+
+    def _key_list(self) -> str:
+        return ", ".join(quote_identifier(c.name) for c in self.keys)
+
+    def _tuples_in(self, keys: Sequence[Key]) -> Iterator[str]:
+        """``WHERE`` conditions matching composite ``keys``, ``KEY_TUPLES`` keys each: an ``OR`` of ``AND``s
+        (``IS NULL`` for a NULL part, which a row constructor ``IN`` list could never match)."""
+        for start in range(0, len(keys), KEY_TUPLES):
+            terms = []
+            for key in keys[start : start + KEY_TUPLES]:
+                parts = composite_parts(key)
+                if len(parts) != len(self.keys):
+                    raise ReconcileError(f"composite key {key!r} has {len(parts)} parts, not {len(self.keys)}")
+                terms.append(
+                    "("
+                    + " AND ".join(
+                        f"{quote_identifier(c.name)} IS NULL"
+                        if v is None
+                        else f"{quote_identifier(c.name)} = {self.literal(c, v)}"
+                        for c, v in zip(self.keys, parts, strict=True)
+                    )
+                    + ")"
+                )
+            yield "(" + " OR ".join(terms) + ")"
 
     # -- load gates ---------------------------------------------------------------------------
     def threads_running(self) -> int | None:
@@ -896,6 +1002,8 @@ class ReconcileRun:
     :param progress: where a small progress summary is mirrored per destination (Airflow Variables in
         production, so the UI shows it); None for none.
     :param restart: drop any checkpoint and start every verify over.
+    :param key_columns: two or more source columns that match rows instead of ``by_column``
+        (``reconcile.keyColumns``); each destination's names come from its ``columns`` mapping.
     """
 
     def __init__(
@@ -912,7 +1020,11 @@ class ReconcileRun:
         checkpoints: CheckpointStore | None = None,
         progress: CursorStore | None = None,
         restart: bool = False,
+        key_columns: Sequence[str] | None = None,
     ) -> None:
+        if key_columns is not None and len(key_columns) < 2:
+            raise ReconcileError("key_columns needs two or more columns (else use by_column)")
+        self.key_columns = list(key_columns) if key_columns else None
         self.config = config
         self.source = source
         self.table = table
@@ -958,8 +1070,14 @@ class ReconcileRun:
         self, name: str, params: ConnectionParams, spec: DestinationSpec, outcome: ReconcileOutcome, deadline: float
     ) -> None:
         columns = list(spec.columns)
-        source = TableSide(SOURCE, self.source, self.table, self.by_column, columns)
-        destination = TableSide(DESTINATION, params, spec.table, spec.by_column, [spec.columns[c] for c in columns])
+        source_keys = destination_keys = None
+        if self.key_columns:
+            source_keys = self.key_columns
+            destination_keys = [_mapped_name(spec, c) for c in self.key_columns]
+        source = TableSide(SOURCE, self.source, self.table, self.by_column, columns, source_keys)
+        destination = TableSide(
+            DESTINATION, params, spec.table, spec.by_column, [spec.columns[c] for c in columns], destination_keys
+        )
         sides = {SOURCE: source, DESTINATION: destination}
         if not self.checkpoints.lock(self.config, name):
             raise ReconcileError("another reconcile run of this destination is in progress")
@@ -1227,18 +1345,23 @@ class ReconcileRun:
     def _pairs_side(self, verify: Verify, side: TableSide, wanted: str, budget: _Budget) -> None:
         pairs = verify.pairs[side.role]
         width = len(side.pk)
+        parts = len(side.keys)
 
         def chunk(low: Pk | None, high: Pk | None) -> None:
             result = side.pairs(low, high, verify.modulus, verify.method, wanted)
             duplicates = 0
             with budget.lock:
                 for row in result:
-                    key = row[width]
-                    if key is None:
-                        continue
+                    if side.composite:
+                        key = composite_key(row[width : width + parts])
+                        row_hash = row[width + parts]
+                    else:
+                        key, row_hash = row[width], row[width + 1]
+                        if key is None:
+                            continue
                     if key in pairs:
                         duplicates += 1
-                    pairs[key] = (int(row[width + 1]), tuple(row[:width]))
+                    pairs[key] = (int(row_hash), tuple(row[:width]))
                 budget.outcome.duplicate_keys += duplicates
 
         group_rows = verify.group_rows[verify.group] if verify.group < len(verify.group_rows) else 0
@@ -1353,13 +1476,17 @@ class ReconcileRun:
         now = str(source.query("SELECT NOW(6)")[0][0].decode())
         found = dict.fromkeys(("missing", "different", "deleted", "extra", "recorded"), 0)
         consumed: set[Key] = set()  # destination keys matched to a source key that differs in bytes only
+        loose = _loose_composite if source.composite else _loose
         for start in range(0, len(candidates), batch):
             keys = candidates[start : start + batch]
             by_pk = bool(source.pk)
             rows = source.whole_rows_by_pk([ours[k][1] for k in keys]) if by_pk else source.whole_rows_by_key(keys)
-            key_name = _name_in(rows[0], self.by_column) if rows else self.by_column
-            current = {r[key_name]: r for r in rows if r.get(key_name) is not None}
-            matched = _match(keys, destination.mapped_by_key(keys), lambda k: destination.mapped_by_key([k]))
+            if source.composite:
+                current = {source.row_key(r): r for r in rows}
+            else:
+                key_name = _name_in(rows[0], self.by_column) if rows else self.by_column
+                current = {r[key_name]: r for r in rows if r.get(key_name) is not None}
+            matched = _match(keys, destination.mapped_by_key(keys), lambda k: destination.mapped_by_key([k]), loose)
             mismatches: list[Mismatch] = []
             for key in keys:
                 row = current.get(key)
@@ -1394,6 +1521,7 @@ class ReconcileRun:
                 keys,
                 dict.fromkeys(source.keys_present(keys), ()),
                 lambda k: dict.fromkeys(source.keys_present([k]), ()),
+                loose,
             )
             gone = [k for k in keys if k not in present]
             if not self.settings.detect_deletes:
@@ -1401,14 +1529,16 @@ class ReconcileRun:
                 found["extra"] += len(gone)
                 continue
             values = destination.mapped_by_key(gone)
-            columns = [destination.key.name, *(destination.info[c.lower()].name for c in destination.columns)]
+            mapped = [destination.info[c.lower()].name for c in destination.columns]
+            columns = mapped if destination.composite else [destination.key.name, *mapped]
             mismatches = []
             for key in gone:
                 held = values.get(key)
                 if held is None:
                     outcome.changed += 1  # deleted at the destination meanwhile
                     continue
-                row = dict(zip(columns, [key, *held], strict=True))
+                # a composite key's parts are mapped columns: the row holds them already
+                row = dict(zip(columns, held if destination.composite else [key, *held], strict=True))
                 mismatches.append(self._mismatch(name, spec, DELETED, key, row, None, now))
             self._record(mismatches, found, outcome)
         return found
@@ -1439,7 +1569,7 @@ class ReconcileRun:
                 source_row={},
                 destination=name,
                 destination_table=spec.table,
-                key_column=self.by_column,
+                key_column=",".join(self.key_columns) if self.key_columns else self.by_column,
                 row_key=key,
                 differences=None,
                 detected_at=detected_at,
@@ -1454,7 +1584,7 @@ class ReconcileRun:
             source_row=row,
             destination=name,
             destination_table=spec.table,
-            key_column=_name_in(row, self.by_column),
+            key_column=",".join(self.key_columns) if self.key_columns else _name_in(row, self.by_column),
             row_key=key,
             differences=differences,
             detected_at=detected_at,
@@ -1502,22 +1632,42 @@ def _loose(key: bytes) -> bytes:
     return key.rstrip(b" ").lower()
 
 
+def _loose_composite(key: bytes) -> bytes:
+    """:func:`_loose` of each part of a composite key."""
+    return composite_key([None if p is None else _loose(p) for p in composite_parts(key)])
+
+
+def _mapped_name(spec: DestinationSpec, column: str) -> str:
+    """The destination's name of a source column, from the destination's ``columns`` mapping."""
+    if column in spec.columns:
+        return spec.columns[column]
+    lowered = column.lower()
+    for source_column, destination_column in spec.columns.items():
+        if source_column.lower() == lowered:
+            return destination_column
+    raise ReconcileError(f"key column {column!r} is not mapped in the columns of destination {spec.name}")
+
+
 def _match(
-    keys: Iterable[Key], found: dict[Key, Values], lookup_one: Callable[[Key], dict[Key, Values]]
+    keys: Iterable[Key],
+    found: dict[Key, Values],
+    lookup_one: Callable[[Key], dict[Key, Values]],
+    loose_key: Callable[[Key], Key] = _loose,
 ) -> dict[Key, tuple[Key, Values]]:
     """Which row a table's collation matched to each key: byte-equal first, then a twin that differs only
-    in case or trailing spaces, then (for other collation twins, e.g. accents) one query per key."""
+    in case or trailing spaces (``loose_key`` equal), then (for other collation twins, e.g. accents)
+    one query per key."""
     keys = list(keys)
     matched: dict[Key, tuple[Key, Values]] = {}
     twins = {k: v for k, v in found.items() if k not in set(keys)}
     loose: dict[Key, Key] = {}
     for k in twins:
-        loose.setdefault(_loose(k), k)
+        loose.setdefault(loose_key(k), k)
     unmatched = []
     for key in keys:
         if key in found:
             matched[key] = (key, found[key])
-        elif (twin := loose.get(_loose(key))) is not None:
+        elif (twin := loose.get(loose_key(key))) is not None:
             matched[key] = (twin, twins[twin])
         else:
             unmatched.append(key)

@@ -67,6 +67,7 @@ class MySqlReconcileOperator(BaseOperator):
                 checkpoints=CheckpointStore(state),
                 progress=VariableCursorStore(config.name, kind="reconcile"),
                 restart=_restart_requested(context),
+                key_columns=config.reconcile.key_columns,
             ).run()
         finally:
             store.close()
