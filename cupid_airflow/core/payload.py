@@ -111,8 +111,9 @@ def build_body(
     :param source_row: the source row as scanned (raw bytes, None for NULL), in column order.
     :param destination: the destination name (``des0`` or ``des[].name``).
     :param destination_table: the destination table.
-    :param key_column: the source key column (``src.byColumn``).
-    :param row_key: the source key value; must equal ``source_row[key_column]`` when present.
+    :param key_column: the source key column (``src.byColumn``), or the reconcile's ``keyColumns`` joined by ``,``.
+    :param row_key: the source key value (for composite keys, their JSON array); must equal
+        ``source_row[key_column]`` when that column is in the row.
     :param differences: source column -> (source value, destination value), for type 2.
     :param detected_at: when the mismatch was found, ISO 8601.
     :param idempotency_key: the key from :func:`idempotency_key`.
