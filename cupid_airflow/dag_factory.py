@@ -15,7 +15,6 @@ from cupid_airflow.core.config import (
     find_config_files,
     load_config,
 )
-from cupid_airflow.core.reconcile import CHECKPOINT_TABLE
 from cupid_airflow.core.store import STORE_TABLE
 from cupid_airflow.cursors import cursor_variable_key
 
@@ -239,6 +238,8 @@ def _masked_url(url: str) -> str:
 
 
 def _reconcile_doc(config: CupidConfig) -> str:
+    from cupid_airflow.core.reconcile import CHECKPOINT_TABLE  # a large module: only for configs that reconcile
+
     section = config.reconcile
     return (
         f"# cupid reconcile: `{config.name}`\n\nVerifies the whole source table `{config.src.table}` against every "
