@@ -102,8 +102,8 @@ class DestinationReader:
                 if loose is None:
                     # rows the destination's collation matched to a key that differs in case or spaces
                     extra = found.keys() - set(keys)
-                    loose = {_loose(k): found[k] for k in extra}
-                actual = loose.get(_loose(key)) if loose else None
+                    loose = {loose_key(k): found[k] for k in extra}
+                actual = loose.get(loose_key(key)) if loose else None
                 if actual is None:
                     mismatches.append(Difference(i, MISSING))
                     continue
@@ -127,5 +127,6 @@ def _same(row: tuple[Value, ...]) -> tuple[Value, ...]:
     return row
 
 
-def _loose(key: bytes) -> bytes:
+def loose_key(key: bytes) -> bytes:
+    """A key as a case-insensitive, trailing-space-padding collation sees it (for pairing collation twins)."""
     return key.rstrip(b" ").lower()

@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from cupid_airflow.core.compare import DELETED, DIFFERENT, MISSING, DestinationSpec
+from cupid_airflow.core.compare import DELETED, DIFFERENT, MISSING, DestinationSpec, loose_key
 from cupid_airflow.core.payload import build_body, idempotency_key, row_version
 from cupid_airflow.core.sql import (
     ConnectionParams,
@@ -1476,7 +1476,7 @@ class ReconcileRun:
         now = str(source.query("SELECT NOW(6)")[0][0].decode())
         found = dict.fromkeys(("missing", "different", "deleted", "extra", "recorded"), 0)
         consumed: set[Key] = set()  # destination keys matched to a source key that differs in bytes only
-        loose = _loose_composite if source.composite else _loose
+        loose = _loose_composite if source.composite else loose_key
         for start in range(0, len(candidates), batch):
             keys = candidates[start : start + batch]
             by_pk = bool(source.pk)
@@ -1628,13 +1628,9 @@ def _name_in(row: dict[str, Any], column: str) -> str:
     return next((n for n in row if n.lower() == lowered), column)
 
 
-def _loose(key: bytes) -> bytes:
-    return key.rstrip(b" ").lower()
-
-
 def _loose_composite(key: bytes) -> bytes:
-    """:func:`_loose` of each part of a composite key."""
-    return composite_key([None if p is None else _loose(p) for p in composite_parts(key)])
+    """:func:`loose_key` of each part of a composite key."""
+    return composite_key([None if p is None else loose_key(p) for p in composite_parts(key)])
 
 
 def _mapped_name(spec: DestinationSpec, column: str) -> str:
@@ -1652,22 +1648,22 @@ def _match(
     keys: Iterable[Key],
     found: dict[Key, Values],
     lookup_one: Callable[[Key], dict[Key, Values]],
-    loose_key: Callable[[Key], Key] = _loose,
+    normalize: Callable[[Key], Key] = loose_key,
 ) -> dict[Key, tuple[Key, Values]]:
     """Which row a table's collation matched to each key: byte-equal first, then a twin that differs only
-    in case or trailing spaces (``loose_key`` equal), then (for other collation twins, e.g. accents)
+    in case or trailing spaces (``normalize`` equal), then (for other collation twins, e.g. accents)
     one query per key."""
     keys = list(keys)
     matched: dict[Key, tuple[Key, Values]] = {}
     twins = {k: v for k, v in found.items() if k not in set(keys)}
     loose: dict[Key, Key] = {}
     for k in twins:
-        loose.setdefault(loose_key(k), k)
+        loose.setdefault(normalize(k), k)
     unmatched = []
     for key in keys:
         if key in found:
             matched[key] = (key, found[key])
-        elif (twin := loose.get(loose_key(key))) is not None:
+        elif (twin := loose.get(normalize(key))) is not None:
             matched[key] = (twin, twins[twin])
         else:
             unmatched.append(key)
