@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import multiprocessing
 import sys
 import time
 import urllib.request
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.receiver import serve
 from cupid_airflow.core.delivery import CallbackTarget, Delivery, deliver
 from cupid_airflow.core.payload import IDEMPOTENCY_HEADER, build_body, idempotency_key, row_version
 
@@ -43,15 +46,7 @@ def _run_receiver(port_queue: Queue[int]) -> None:
     app.router.add_post("/callback", callback)
     app.router.add_get("/stats", stats)
 
-    async def serve() -> None:
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        port_queue.put(runner.addresses[0][1])
-        await asyncio.Event().wait()
-
-    asyncio.run(serve())
+    serve(app, port_queue)
 
 
 def _deliveries(count: int, round_name: str) -> list[Delivery]:

@@ -29,6 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.receiver import serve
 from bench.tables import DESTINATION_DB, SOURCE_DB, build, planted_ids
 from cupid_airflow.core.sql import ConnectionParams, connect
 
@@ -37,7 +38,6 @@ CONFIG = "bench_e2e"
 
 def _receiver(port_queue: Any) -> None:
     """Answer 204 at once; remember (type, key) of every POST; ``GET /stats`` reports."""
-    import asyncio
     from collections import Counter
 
     from aiohttp import web
@@ -56,15 +56,7 @@ def _receiver(port_queue: Any) -> None:
     app.router.add_post("/callback", callback)
     app.router.add_get("/stats", stats)
 
-    async def serve() -> None:
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        port_queue.put(runner.addresses[0][1])
-        await asyncio.Event().wait()
-
-    asyncio.run(serve())
+    serve(app, port_queue)
 
 
 def _planted_keys(params: ConnectionParams, rows: int) -> set[tuple[int, str]]:
