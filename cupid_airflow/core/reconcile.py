@@ -67,6 +67,7 @@ from cupid_airflow.core.payload import build_body, idempotency_key, row_version
 from cupid_airflow.core.sql import (
     ConnectionParams,
     LazyConnection,
+    describe_error,
     literal_int,
     quote_identifier,
     quote_table,
@@ -1054,7 +1055,7 @@ class ReconcileRun:
                 try:
                     self._reconcile(name, params, spec, outcome, time.monotonic() + max(0.0, share))
                 except Exception as err:  # one broken destination does not stop the others
-                    outcome.error = _describe_error(err, params, self.source)
+                    outcome.error = describe_error(err, params, self.source)
                     log.error("reconcile of destination %s failed: %s", name, outcome.error)
                 outcome.seconds = time.monotonic() - began
         finally:
@@ -1674,11 +1675,3 @@ def _match(
                 matched[key] = (twin, values)
                 break
     return matched
-
-
-def _describe_error(err: Exception, *params: ConnectionParams) -> str:
-    text = str(err)
-    for p in params:
-        if p.password:
-            text = text.replace(p.password, "***")
-    return f"{type(err).__name__}: {text}"[:1000]

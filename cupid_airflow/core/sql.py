@@ -71,6 +71,16 @@ class ConnectionParams:
         return f"ConnectionParams({self.describe()})"
 
 
+def describe_error(err: Exception, *params: ConnectionParams) -> str:
+    """A database error for logs and summaries: never a password, and where it happened when that is one server."""
+    text = str(err)
+    for server in params:
+        if server.password:
+            text = text.replace(server.password, "***")
+    where = f" at {params[0].describe()}" if len(params) == 1 else ""
+    return f"{type(err).__name__}{where}: {text}"[:1000]
+
+
 class LazyConnection:
     """One raw-bytes connection, opened on first use and dropped after an error so the next use reconnects."""
 

@@ -21,7 +21,7 @@ from cupid_airflow.core.scan import (
     parse_db_time,
     window_low,
 )
-from cupid_airflow.core.sql import ConnectionParams, connect
+from cupid_airflow.core.sql import ConnectionParams, connect, describe_error
 from cupid_airflow.core.store import DeliveryStore, Mismatch
 
 if TYPE_CHECKING:
@@ -190,7 +190,7 @@ class SyncRun:
                 conn = self._lookup_connection(name, params)
                 state.reader.lookup(conn, [b""])  # proves the table and columns exist
             except Exception as err:  # a broken destination delays only itself
-                state.error = _describe_error(err, params)
+                state.error = describe_error(err, params)
                 log.error("destination %s is unavailable, its cursor waits: %s", name, state.error)
             states[name] = state
         return states
@@ -325,7 +325,7 @@ class SyncRun:
             try:
                 rows = future.result()
             except Exception as err:
-                state.error = _describe_error(err, self.plan.destinations[state.name][0])
+                state.error = describe_error(err, self.plan.destinations[state.name][0])
                 log.error(
                     "destination %s failed during the %s scan, its cursor waits: %s",
                     state.name,
@@ -514,13 +514,6 @@ def _lag_second(now: str, update_time: str | None) -> float | None:
     if not update_time:
         return None
     return round((parse_db_time(now) - parse_db_time(update_time)).total_seconds(), 3)
-
-
-def _describe_error(err: Exception, params: ConnectionParams) -> str:
-    text = str(err)
-    if params.password:
-        text = text.replace(params.password, "***")
-    return f"{type(err).__name__} at {params.describe()}: {text}"[:1000]
 
 
 def run_sync(
