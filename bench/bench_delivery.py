@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.receiver import serve
 from cupid_airflow.core.delivery import CallbackTarget, Delivery, deliver
-from cupid_airflow.core.payload import IDEMPOTENCY_HEADER, build_body, idempotency_key, row_version
+from cupid_airflow.core.payload import IDEMPOTENCY_HEADER, build_body
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
@@ -61,9 +61,9 @@ def _deliveries(count: int, round_name: str) -> list[Delivery]:
             "note": None,
             "updated_at": b"2025-01-02 03:04:06",
         }
-        version = row_version(row)
-        key = idempotency_key(f"bench_{round_name}", "des0", row_key, version)
         body = build_body(
+            config=f"bench_{round_name}",
+            item_id=i,
             mismatch_type=1,
             source_row=row,
             destination="des0",
@@ -72,9 +72,8 @@ def _deliveries(count: int, round_name: str) -> list[Delivery]:
             row_key=row_key,
             differences=None,
             detected_at="2025-01-02T03:04:07.123456+00:00",
-            idempotency_key=key,
         )
-        deliveries.append(Delivery(item_id=i, idempotency_key=key, body=body))
+        deliveries.append(Delivery(item_id=i, idempotency_key=body.idempotency_key, body=body.body))
     return deliveries
 
 

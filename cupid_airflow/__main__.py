@@ -69,6 +69,16 @@ def _statuses(text: str) -> list[str]:
     return statuses
 
 
+def _last_body(store: DeliveryStore, item_id: int) -> object:
+    attempts = store.attempts_of(item_id, limit=1)
+    if not attempts:
+        return None
+    try:
+        return json.loads(attempts[0]["body"])
+    except ValueError:
+        return attempts[0]["body"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cupid_airflow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -122,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 "lastError": item.last_error,
                                 "detectedAt": item.detected_at,
                                 "idempotencyKey": item.idempotency_key,
-                                "body": json.loads(item.body),
+                                "differences": item.differences,
+                                "lastBody": _last_body(store, item.id),
                             },
                             ensure_ascii=False,
                         )

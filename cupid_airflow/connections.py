@@ -30,15 +30,29 @@ def resolve_connection(connection: _Connection) -> ConnectionParams:
     )
 
 
-def build_sync_plan(config: CupidConfig) -> SyncPlan:
-    """Everything a sync run needs, with every connection resolved."""
+def destination_identities(config: CupidConfig) -> list[str]:
+    """Each destination's stable identity, from the state database (see ``core.destinations``)."""
+    from cupid_airflow.core.destinations import DestinationRegistry
+
+    registry = DestinationRegistry(resolve_connection(config.state_connection))
+    try:
+        return registry.identities(config.name, config.destination_keys)
+    finally:
+        registry.close()
+
+
+def build_sync_plan(config: CupidConfig, identities: list[str]) -> SyncPlan:
+    """Everything a sync run needs, with every connection resolved.
+
+    :param identities: each destination's identity (:func:`destination_identities`).
+    """
     src = config.src
     destinations = {
         name: (
             resolve_connection(des),
             DestinationSpec(name=name, table=des.table, by_column=des.by_column, columns=dict(des.columns)),
         )
-        for name, des in zip(config.destination_names, config.des, strict=False)
+        for name, des in zip(identities, config.des, strict=True)
     }
     return SyncPlan(
         config=config.name,

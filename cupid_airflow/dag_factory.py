@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 CONFIG_FOLDER_ENV = "CUPID_CONFIG_FOLDER"
 START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
+DELIVER_SECONDS = 300.0  # a deliver or drain task starts no callback after this long
+EXECUTION_MARGIN_SECOND = 180  # beyond a task's budget: connect and read timeouts of a frozen database
 
 
 class CupidConfigErrors(Exception):
@@ -74,13 +76,20 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
         tags=tags,
         default_args={"owner": "cupid", **alerts},
     ) as sync:
-        compare = MySqlCompareOperator(task_id="compare", config_path=config.path, retries=0)
+        compare = MySqlCompareOperator(
+            task_id="compare",
+            config_path=config.path,
+            retries=0,
+            execution_timeout=_timeout(config.src.max_seconds_per_run),
+        )
         deliver = CallbackOperator(
             task_id="deliver",
             config_path=config.path,
             retries=config.retries,
             retry_delay=retry_delay,
             trigger_rule="all_done",
+            max_seconds=DELIVER_SECONDS,
+            execution_timeout=_timeout(DELIVER_SECONDS),
         )
         # the run fails when either task failed, so run-level alerts and dashboards see it
         done = EmptyOperator(task_id="done")
@@ -96,7 +105,14 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
         tags=tags,
         default_args={"owner": "cupid", **alerts},
     ) as pool:
-        CallbackOperator(task_id="drain", config_path=config.path, failure_pool=True, retries=0)
+        CallbackOperator(
+            task_id="drain",
+            config_path=config.path,
+            failure_pool=True,
+            retries=0,
+            max_seconds=DELIVER_SECONDS,
+            execution_timeout=_timeout(DELIVER_SECONDS),
+        )
     dags = {sync.dag_id: sync, pool.dag_id: pool}
     if config.reconcile.enabled:
         schedule = config.reconcile.schedule
@@ -117,9 +133,28 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
             tags=tags,
             default_args={"owner": "cupid", **alerts},
         ) as reconcile:
-            MySqlReconcileOperator(task_id="reconcile", config_path=config.path, retries=0)
+            reconciled = MySqlReconcileOperator(
+                task_id="reconcile",
+                config_path=config.path,
+                retries=0,
+                execution_timeout=_timeout(config.reconcile.max_seconds_per_run),
+            )
+            # its findings go out at once (claims keep this safe beside the sync DAG's deliver)
+            reconciled >> CallbackOperator(
+                task_id="deliver",
+                config_path=config.path,
+                retries=config.retries,
+                retry_delay=retry_delay,
+                max_seconds=DELIVER_SECONDS,
+                execution_timeout=_timeout(DELIVER_SECONDS),
+            )
         dags[reconcile.dag_id] = reconcile
     return dags
+
+
+def _timeout(budget_second: float) -> timedelta:
+    """A task's ``execution_timeout``: its own time budget, plus room for the slowest database answer."""
+    return timedelta(seconds=budget_second + EXECUTION_MARGIN_SECOND)
 
 
 def load_dags(dags_folder: str | Path) -> dict[str, DAG]:
@@ -246,7 +281,7 @@ def _reconcile_doc(config: CupidConfig) -> str:
         "destination: both tables are read in their own primary-key order, rows are checksummed per hash bucket "
         "of the key, and only rows of differing buckets are fetched. Records each missing or different row"
         f"{' and each row deleted at the source (type 3)' if section.detect_deletes else ''} in the delivery store; "
-        f"`{config.sync_dag_id}`'s `deliver` task sends them. A run pauses after {section.max_seconds_per_run:g} s"
+        f"its own `deliver` task sends them. A run pauses after {section.max_seconds_per_run:g} s"
         + (f" or {section.max_chunks_per_run} chunk queries" if section.max_chunks_per_run else "")
         + f" and the next one resumes from the checkpoint in table `{CHECKPOINT_TABLE}` "
         f"({config.state_connection.describe()}); progress for the UI: Variables "

@@ -29,6 +29,9 @@ Fixtures
     ``go_dsn(database)`` (the DSN form cupid config files use).
 ``fresh_database`` (function)
     Creates an empty, uniquely named database on that server, yields its name, drops it after.
+``receivers`` (function)
+    ``receivers(**kwargs) -> Receiver``: starts a callback receiver (tests/support/receivers.py)
+    on 127.0.0.1 in a background thread; every one started is stopped after the test.
 
 The metadata DB is shared by all tests of a session: use unique DAG ids and Variable keys. To give a
 task an Airflow connection, set ``AIRFLOW_CONN_<ID>`` with ``monkeypatch.setenv`` (``dag.test()``
@@ -58,6 +61,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     import MySQLdb.connections
+
+    from tests.support.receivers import Receiver
 
 
 def _prepare_airflow_home() -> Path:
@@ -266,6 +271,23 @@ def fresh_database(mariadb: MariaDB, request: pytest.FixtureRequest) -> Iterator
         yield name
     finally:
         _execute(mariadb, f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.fixture
+def receivers() -> Iterator[Callable[..., Receiver]]:
+    """Start callback receivers on loopback; all are stopped after the test."""
+    from tests.support.receivers import Receiver
+
+    started: list[Receiver] = []
+
+    def start(**kwargs: Any) -> Receiver:
+        receiver = Receiver(**kwargs).start()
+        started.append(receiver)
+        return receiver
+
+    yield start
+    for receiver in started:
+        receiver.stop()
 
 
 def _execute(server: MariaDB, statement: str) -> None:

@@ -390,6 +390,14 @@ def test_failure_pool_dag_shape(tmp_path: Path) -> None:
     assert tuned["cupid_pool2_failure_pool"].schedule == timedelta(seconds=120)
 
 
+def test_every_task_has_an_execution_timeout(tmp_path: Path) -> None:
+    config = load_config(_config_file(tmp_path, "bounded.json", config_text(extra={"reconcile": {"enabled": True}})))
+    tasks = [task for dag in build_dags(config).values() for task in dag.tasks]
+    assert {t.task_id for t in tasks} >= {"compare", "deliver", "drain", "reconcile"}
+    unbounded = [f"{t.dag_id}.{t.task_id}" for t in tasks if t.task_id != "done" and t.execution_timeout is None]
+    assert unbounded == []
+
+
 def test_reconcile_dag_only_when_enabled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     plain = build_dags(load_config(_config_file(tmp_path, "plain.json", config_text())))
     assert "cupid_plain_reconcile" not in plain
@@ -399,7 +407,8 @@ def test_reconcile_dag_only_when_enabled(tmp_path: Path, monkeypatch: pytest.Mon
     )
     assert sorted(daily) == ["cupid_rec_failure_pool", "cupid_rec_reconcile", "cupid_rec_sync"]
     reconcile = daily["cupid_rec_reconcile"]
-    assert reconcile.task_ids == ["reconcile"]
+    assert sorted(reconcile.task_ids) == ["deliver", "reconcile"]  # the reconcile DAG delivers its own findings
+    assert reconcile.get_task("deliver").upstream_task_ids == {"reconcile"}
     assert reconcile.catchup is False
     assert reconcile.max_active_runs == 1
     assert "cupid" in reconcile.tags

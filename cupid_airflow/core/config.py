@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import re
 import warnings
@@ -93,6 +94,13 @@ class _Connection(_Model):
         """A password-free description for logs, docs and errors."""
         return f"connection {self.conn_id!r}" if self.conn_id else f"dsn {mask_dsn(self.dsn or '')!r}"
 
+    def location(self) -> str:
+        """Where the database is, without credentials: an Airflow connection id, or host, port and database."""
+        if self.conn_id:
+            return f"conn:{self.conn_id}"
+        params = self.connection_params()
+        return f"dsn:{params.unix_socket or f'{params.host}:{params.port}'}/{params.database or ''}"
+
 
 class StateConnection(_Connection):
     """Where the delivery store lives (default: the source connection)."""
@@ -167,6 +175,18 @@ class CallbackNotification(_Model):
         if self.hmac_secret_variable and self.hmac_secret_conn_id:
             raise ValueError("give at most one of hmacSecretVariable and hmacSecretConnId")
         return self
+
+    @field_validator("recheck")
+    @classmethod
+    def _recheck_is_always_on(cls, value: bool) -> bool:
+        if not value:
+            warnings.warn(
+                "callbackNotification.recheck: false is ignored: every item is judged on the source and "
+                "destination rows as they are just before it is sent, so a stale row is never sent",
+                CupidConfigWarning,
+                stacklevel=2,
+            )
+        return value
 
     @field_validator("url")
     @classmethod
@@ -380,7 +400,28 @@ class CupidConfig(_Model):
 
     @property
     def destination_names(self) -> list[str]:
+        """Each destination's name as written, ``des<i>`` by position when unnamed.
+
+        For docs and messages only: an unnamed destination's identity (items, cursors) is the
+        label the state database gave its fingerprint (:attr:`destination_keys`), which may differ.
+        """
         return [d.name or f"des{i}" for i, d in enumerate(self.des)]
+
+    @property
+    def destination_keys(self) -> list[tuple[str | None, str]]:
+        """(``des[].name`` or None, fingerprint) of each destination, for its stable identity.
+
+        The fingerprint names where an unnamed destination is (connection, table, key column); two
+        destinations at the same place are told apart by their order among themselves.
+        """
+        keys: list[tuple[str | None, str]] = []
+        seen: dict[str, int] = {}
+        for des in self.des:
+            place = f"{des.location()}|{des.table}|{des.by_column}"
+            occurrence = seen[place] = seen.get(place, -1) + 1
+            fingerprint = hashlib.sha1(f"{place}|{occurrence}".encode(), usedforsecurity=False).hexdigest()
+            keys.append((des.name, fingerprint))
+        return keys
 
     @property
     def sync_dag_id(self) -> str:

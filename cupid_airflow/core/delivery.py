@@ -81,6 +81,8 @@ class DeliveryResult:
     :param http_status: the answer's status, None when there was no answer.
     :param error: a short message a person can act on; None when ``ok``.
     :param elapsed_second: time spent on the request (0 when it was not sent).
+    :param retry_after_second: a 429 or 503 answer's ``Retry-After``, in seconds.
+    :param sent: the request was started (False: not sent, e.g. the circuit was open).
     """
 
     item_id: int
@@ -88,6 +90,13 @@ class DeliveryResult:
     http_status: int | None
     error: str | None
     elapsed_second: float
+    retry_after_second: float | None = None
+    sent: bool = True
+
+    @property
+    def counts_for_breaker(self) -> bool:
+        """A failure that says the receiver is unwell (a 429 only asks us to slow down)."""
+        return self.sent and not self.ok and self.http_status != 429
 
 
 def deliver(
@@ -154,15 +163,9 @@ class _Run:
         self.consecutive_failures = 0
         self.breaker_opened_after: int | None = None
         self.rate_limiter = _RateLimiter(target.rate_limit_per_second) if target.rate_limit_per_second else None
-        self.base_headers = {"User-Agent": USER_AGENT}
-        self.base_headers.update(
-            (name, value) for name, value in target.headers.items() if name.lower() not in _OWN_HEADERS
-        )
-        self.timeout = aiohttp.ClientTimeout(total=target.timeout_second)
 
     async def run(self) -> list[DeliveryResult]:
-        connector = aiohttp.TCPConnector(limit=self.target.concurrency, ssl=self.target.verify_ssl)
-        async with aiohttp.ClientSession(connector=connector, timeout=self.timeout) as session:
+        async with open_session(self.target) as session:
             workers = [
                 asyncio.create_task(self._worker(session)) for _ in range(min(self.target.concurrency, len(self.items)))
             ]
@@ -184,10 +187,10 @@ class _Run:
             if self.breaker_opened_after is None and self.rate_limiter is not None:
                 await self.rate_limiter.wait()
             if self.breaker_opened_after is not None:
-                error = f"{CIRCUIT_OPEN_PREFIX}: {self.breaker_opened_after} consecutive failures, not sent"
-                result = DeliveryResult(item.item_id, False, None, error, 0.0)
+                reason = f"{CIRCUIT_OPEN_PREFIX}: {self.breaker_opened_after} consecutive failures, not sent"
+                result = not_sent(item, reason)
             else:
-                result = await self._post(session, item)
+                result = await post(session, self.target, item)
                 self._count(result)
             self.results[index] = result
             if self.on_result is not None:
@@ -197,38 +200,81 @@ class _Run:
         if result.ok:
             self.consecutive_failures = 0
             return
+        if not result.counts_for_breaker:
+            return
         self.consecutive_failures += 1
         if self.breaker_opened_after is None and self.consecutive_failures >= self.target.breaker_threshold:
             self.breaker_opened_after = self.consecutive_failures
 
-    def _headers(self, item: Delivery) -> dict[str, str]:
-        headers = dict(self.base_headers)
-        headers["Content-Type"] = "application/json"
-        headers[IDEMPOTENCY_HEADER] = item.idempotency_key
-        if self.target.hmac_secret is not None:
-            headers[SIGNATURE_HEADER] = signature_header_value(item.body, self.target.hmac_secret)
-        return headers
 
-    async def _post(self, session: aiohttp.ClientSession, item: Delivery) -> DeliveryResult:
-        started = time.monotonic()
-        status: int | None = None
-        try:
-            async with session.post(
-                self.target.url, data=item.body, headers=self._headers(item), allow_redirects=False
-            ) as response:
-                status = response.status
-                error = None if 200 <= status < 300 else await _answer_error(response)
-        except TimeoutError:
-            error = f"timeout after {self.target.timeout_second} s"
-        except (aiohttp.ClientError, OSError) as exc:
-            error = _transport_error(exc)
-        return DeliveryResult(
-            item.item_id,
-            ok=error is None,
-            http_status=status,
-            error=error[:ERROR_MAX_CHARS] if error else None,
-            elapsed_second=time.monotonic() - started,
-        )
+def open_session(target: CallbackTarget) -> aiohttp.ClientSession:
+    """An HTTP session for one target: ``concurrency`` connections at most, its TLS and timeout settings."""
+    connector = aiohttp.TCPConnector(limit=target.concurrency, ssl=target.verify_ssl)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=target.timeout_second))
+
+
+def not_sent(item: Delivery, reason: str) -> DeliveryResult:
+    """The result of a delivery that was not attempted."""
+    return DeliveryResult(item.item_id, False, None, reason, 0.0, sent=False)
+
+
+def request_headers(target: CallbackTarget, item: Delivery) -> dict[str, str]:
+    """The headers of one callback: the target's own, then ours (which it cannot override)."""
+    headers = {"User-Agent": USER_AGENT}
+    headers.update((name, value) for name, value in target.headers.items() if name.lower() not in _OWN_HEADERS)
+    headers["Content-Type"] = "application/json"
+    headers[IDEMPOTENCY_HEADER] = item.idempotency_key
+    if target.hmac_secret is not None:
+        headers[SIGNATURE_HEADER] = signature_header_value(item.body, target.hmac_secret)
+    return headers
+
+
+async def post(session: aiohttp.ClientSession, target: CallbackTarget, item: Delivery) -> DeliveryResult:
+    """POST one body; HTTP problems are failed results, never exceptions."""
+    started = time.monotonic()
+    status: int | None = None
+    retry_after: float | None = None
+    try:
+        async with session.post(
+            target.url, data=item.body, headers=request_headers(target, item), allow_redirects=False
+        ) as response:
+            status = response.status
+            if 200 <= status < 300:
+                error = None
+            else:
+                error = await _answer_error(response)
+                if status in (429, 503):
+                    retry_after = retry_after_second(response.headers.get("Retry-After"))
+    except TimeoutError:
+        error = f"timeout after {target.timeout_second} s"
+    except (aiohttp.ClientError, OSError) as exc:
+        error = _transport_error(exc)
+    return DeliveryResult(
+        item.item_id,
+        ok=error is None,
+        http_status=status,
+        error=error[:ERROR_MAX_CHARS] if error else None,
+        elapsed_second=time.monotonic() - started,
+        retry_after_second=retry_after,
+    )
+
+
+def retry_after_second(value: str | None, now: float | None = None) -> float | None:
+    """A ``Retry-After`` header in seconds (delta-seconds or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 async def _read_capped(response: aiohttp.ClientResponse) -> bytes:

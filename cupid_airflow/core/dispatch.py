@@ -1,31 +1,58 @@
-"""Deliver recorded mismatches: re-check, POST, record each result, park what keeps failing."""
+"""Deliver the delivery store's live items: claim, judge on the rows as they are now, POST, record.
+
+Every destination (a *route*) is worked on at the same time, each with its own database
+connections on a thread of its own, so a slow receiver or a slow database never holds up
+another destination, and the HTTP event loop never waits on a database. For each batch:
+
+1. claim live items with a lease (``DeliveryStore.claim``);
+2. judge them against the current destination and source rows (``core.judge``): caught-up
+   items end ``resolved`` and nothing is sent for them;
+3. POST the others, ``workerNumber`` at a time, paced by the destination's shared rate limit;
+   a POST starts only while the lease outlives its timeout, and leases are renewed as work goes;
+4. record each attempt as it is answered (``DeliveryStore.record_attempts``), which ends
+   delivered items and counts failures on the destination's shared circuit breaker.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from cupid_airflow.core.compare import DestinationReader, DestinationSpec
-from cupid_airflow.core.delivery import CIRCUIT_OPEN_PREFIX, CallbackTarget, Delivery, DeliveryResult, deliver
-from cupid_airflow.core.payload import PayloadError, source_values
-from cupid_airflow.core.sql import ConnectionParams, connect
-from cupid_airflow.core.store import PENDING, DeliveryStore, StoredItem
+from cupid_airflow.core.delivery import CallbackTarget, Delivery, DeliveryResult, open_session, post
+from cupid_airflow.core.destinations import DestinationRegistry
+from cupid_airflow.core.judge import DEAD, RESOLVED, SEND, Judge, JudgeSpec, Verdict
+from cupid_airflow.core.store import PENDING, Attempt, Claim, DeliveryStore
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
+
+    import aiohttp
+
+    from cupid_airflow.core.sql import ConnectionParams
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+FLUSH_SECOND = 0.05  # results wait at most this long before they are recorded
+FLUSH_RESULTS = 200
+GROUP_SECOND = 0.5  # items are judged in groups of about this much sending time, just before they go
+GROUP_MAX = 500
+CIRCUIT_OPEN = "circuit open"
 
 
 @dataclass(frozen=True)
 class Route:
-    """Where one destination's mismatches go, and how to re-check them before sending."""
+    """Where one destination's items go, and where they are judged before sending."""
 
     destination: str
     target: CallbackTarget
-    recheck: tuple[ConnectionParams, DestinationSpec] | None = None
+    judge: JudgeSpec
 
 
 @dataclass
@@ -34,141 +61,446 @@ class RouteOutcome:
 
     delivered: int = 0
     resolved: int = 0
+    dead: int = 0
+    sent: int = 0
     failed: list[int] = field(default_factory=list)
     not_sent: int = 0
     errors: list[str] = field(default_factory=list)
     circuit_open: bool = False
+    tripped: bool = False  # the breaker opened in this dispatch (not a failed probe of an open circuit)
+    error: str | None = None  # why the route stopped early (a database error, the circuit)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "delivered": self.delivered,
             "resolved": self.resolved,
+            "dead": self.dead,
+            "sent": self.sent,
             "failed": len(self.failed),
             "notSent": self.not_sent,
+            "circuitOpen": self.circuit_open,
+            "error": self.error,
             "lastErrors": self.errors[-3:],
         }
 
 
-class _ResultBuffer:
-    """Records delivery results in the store in groups: one UPDATE per group, not per callback."""
+@dataclass(frozen=True)
+class DispatchSettings:
+    """How one dispatch behaves.
 
-    def __init__(self, store: DeliveryStore, outcome: RouteOutcome, flush_every: int = 200) -> None:
-        self.store = store
-        self.outcome = outcome
-        self.flush_every = flush_every
-        self.delivered: dict[int | None, list[int]] = {}  # by the answer's HTTP status
-        self.failures: list[DeliveryResult] = []
-        self.circuit_open = False
+    :param statuses: which live items to send (``pending`` in the sync DAG, ``parked`` in the failure pool).
+    :param max_seconds: no POST starts after this long; what is left waits for the next run.
+    :param lease_second: how long a claim holds without renewal (a killed dispatcher's items wait this long).
+    :param batch_size: items claimed at once.
+    :param probe: send to a destination whose circuit is open (the failure pool's half-open probe);
+        otherwise such a destination gets nothing until its cooldown ends.
+    :param claimant: who dispatches, when its earlier attempts are known to have ended (an Airflow
+        task instance: its retry takes over the claims a failed try left, see ``DeliveryStore.claim``).
+    """
 
-    def add(self, result: DeliveryResult) -> None:
-        if result.ok:
-            self.delivered.setdefault(result.http_status, []).append(result.item_id)
-        elif result.error and result.error.startswith(CIRCUIT_OPEN_PREFIX):
-            self.circuit_open = True
-            self.outcome.not_sent += 1
-            self.outcome.failed.append(result.item_id)
-        else:
-            self.failures.append(result)
-        if sum(map(len, self.delivered.values())) + len(self.failures) >= self.flush_every:
-            self.flush()
+    statuses: tuple[str, ...] = (PENDING,)
+    max_seconds: float = 600.0
+    lease_second: float = 60.0
+    batch_size: int = 500
+    probe: bool = False
+    claimant: str | None = None
 
-    def flush(self) -> None:
-        for http_status, ids in self.delivered.items():
-            self.store.mark_delivered(ids, http_status)
-            self.outcome.delivered += len(ids)
-        self.delivered = {}
-        for failure in self.failures:
-            self.store.record_failure(failure.item_id, failure.http_status, failure.error or "failed")
-            self.outcome.failed.append(failure.item_id)
-            self.outcome.errors.append(f"item {failure.item_id}: {failure.error}")
-        self.failures = []
+
+class DispatchError(RuntimeError):
+    """A destination's dispatch stopped on a database error; what was answered is recorded."""
+
+    def __init__(self, message: str, outcomes: dict[str, RouteOutcome]) -> None:
+        super().__init__(message)
+        self.outcomes = outcomes
 
 
 def dispatch(
-    store: DeliveryStore,
-    config: str,
-    routes: Sequence[Route],
-    statuses: Sequence[str] = (PENDING,),
-    *,
-    batch_size: int = 2000,
-    max_seconds: float = 600.0,
+    state: ConnectionParams, config: str, routes: Sequence[Route], settings: DispatchSettings | None = None
 ) -> dict[str, RouteOutcome]:
-    """Deliver every item of ``config`` in ``statuses``, oldest first, destination by destination.
+    """Deliver the live items of ``config`` to every route at once; one outcome per destination.
 
-    Each result is recorded before the next group is sent; a receiver whose
-    circuit breaker opens gets nothing more in this dispatch.
+    A route that stops on a database error keeps its error in its outcome (``error``) while the
+    others go on; :class:`DispatchError` is raised at the end when any did.
+
+    :raises RuntimeError: when called from inside a running event loop.
     """
-    deadline = time.monotonic() + max_seconds
-    outcomes: dict[str, RouteOutcome] = {}
-    for route in routes:
-        outcome = outcomes[route.destination] = RouteOutcome()
-        after_id = 0
-        while time.monotonic() < deadline:
-            items = store.items(config, statuses, destination=route.destination, after_id=after_id, limit=batch_size)
-            if not items:
-                break
-            after_id = items[-1].id
-            if route.recheck is not None:
-                items = _drop_consistent(store, route, items, outcome)
-            buffer = _ResultBuffer(store, outcome)
-            try:
-                deliver(route.target, [Delivery(i.id, i.idempotency_key, i.body) for i in items], buffer.add)
-            finally:
-                buffer.flush()
-            if buffer.circuit_open:
-                outcome.circuit_open = True
-                log.error(
-                    "destination %s: circuit open after repeated failures; the rest waits for the next try",
-                    route.destination,
-                )
-                break
+    settings = settings or DispatchSettings()
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError("dispatch() runs its own event loop: call it from synchronous code or a worker thread")
+    outcomes = asyncio.run(_dispatch(state, config, routes, settings))
+    broken = {name: o.error for name, o in outcomes.items() if o.error and not o.circuit_open}
+    if broken:
+        raise DispatchError("; ".join(f"destination {n}: {e}" for n, e in broken.items()), outcomes)
     return outcomes
 
 
-def park_failures(store: DeliveryStore, config: str, outcomes: dict[str, RouteOutcome]) -> int:
-    """After the last try: park the items that failed, and every pending item of a destination whose
-    circuit opened (not even fetched yet: its receiver keeps failing, so the failure pool takes them)."""
-    failed = sorted(i for o in outcomes.values() for i in o.failed)
-    parked = store.park(config, failed) if failed else 0
+async def _dispatch(
+    state: ConnectionParams, config: str, routes: Sequence[Route], settings: DispatchSettings
+) -> dict[str, RouteOutcome]:
+    deadline = time.monotonic() + settings.max_seconds
+    runs = [_RouteRun(state, config, route, settings, deadline) for route in routes]
+    await asyncio.gather(*(run.run() for run in runs))
+    return {run.route.destination: run.outcome for run in runs}
+
+
+class _RouteRun:
+    """One destination's share of a dispatch."""
+
+    def __init__(
+        self, state: ConnectionParams, config: str, route: Route, settings: DispatchSettings, deadline: float
+    ) -> None:
+        self.config = config
+        self.route = route
+        self.target = route.target
+        self.settings = settings
+        self.deadline = deadline
+        self.outcome = RouteOutcome()
+        self.store = DeliveryStore(state)
+        self.registry = DestinationRegistry(state)
+        self.judge = Judge(route.judge)
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix=f"cupid-db-{route.destination}")
+        self.consecutive_failures = 0
+        self.after_id = 0
+        self.stop_sending: str | None = None
+        self.pace_next = 0.0  # monotonic time of the next reserved rate-limit slot
+        self.hold_until = 0.0  # monotonic time before which nothing is sent (a 429's Retry-After)
+        self.mean_elapsed = 0.05  # seconds a POST took lately (moving mean), which sizes the judged groups
+
+    async def db(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run database work on this route's own thread (its connections live there)."""
+        return await asyncio.get_running_loop().run_in_executor(self.thread, lambda: work(*args, **kwargs))
+
+    async def run(self) -> None:
+        name = self.route.destination
+        try:
+            async with open_session(self.target) as session:
+                await self._batches(session)
+        except Exception as err:
+            self.outcome.error = f"{type(err).__name__}: {err}"[:1000]
+            log.error("destination %s: dispatch stopped: %s", name, self.outcome.error)
+        finally:
+            await self.db(self._close)
+            self.thread.shutdown(wait=False)
+
+    def _close(self) -> None:
+        self.judge.close()
+        self.store.close()
+        self.registry.close()
+
+    async def _batches(self, session: aiohttp.ClientSession) -> None:
+        config, name, settings = self.config, self.route.destination, self.settings
+        while time.monotonic() < self.deadline and self.stop_sending is None:
+            circuit = await self.db(self.registry.circuit, config, name)
+            half_open = circuit.opened
+            if circuit.open_for_second > 0 and not settings.probe:
+                self.outcome.circuit_open = True
+                self.outcome.error = f"{CIRCUIT_OPEN}: {circuit.last_error or 'repeated failures'}"
+                return
+            if circuit.hold_second > 0 and not self.target.rate_limit_per_second:
+                if time.monotonic() + circuit.hold_second >= self.deadline:
+                    return
+                await asyncio.sleep(circuit.hold_second)
+            limit = 1 if half_open else settings.batch_size
+            claim = await self.db(
+                self.store.claim,
+                config,
+                name,
+                settings.statuses,
+                limit=limit,
+                lease_second=settings.lease_second,
+                after_id=self.after_id,
+                claimant=settings.claimant,
+            )
+            if not claim.items:
+                return
+            self.after_id = claim.items[-1].id  # one pass: an item is tried at most once per dispatch
+            try:
+                await self._batch(session, claim)
+            finally:
+                await self.db(self.store.release, claim)
+            if half_open and self.outcome.sent and self.consecutive_failures:
+                self.outcome.circuit_open = True
+                await self.db(
+                    self.registry.open_circuit, config, name, self.target.breaker_cooldown_second, "probe failed"
+                )
+                return
+
+    async def _batch(self, session: aiohttp.ClientSession, claim: Claim) -> None:
+        """Work through one claimed batch in small groups: each is judged just before it is sent."""
+        keeper = _LeaseKeeper(self, claim)
+        renewing = asyncio.create_task(keeper.run())
+        try:
+            items = list(claim.items)
+            while items and self.allowed(keeper.claim) is None:
+                size = self.group_size()
+                group, items = items[:size], items[size:]
+                await self.wait_for_slots(len(group))
+                verdicts = await self.db(self.judge.judge, group)
+                await self._settle(keeper.claim, verdicts)
+                sends = [v for v in verdicts if v.action == SEND]
+                if sends:
+                    await _Sending(self, session, keeper, sends).run()
+            self.outcome.not_sent += len(items)
+        finally:
+            renewing.cancel()
+            await asyncio.gather(renewing, return_exceptions=True)
+
+    async def _settle(self, claim: Claim, verdicts: list[Verdict]) -> None:
+        ended: dict[str, dict[int, str]] = {RESOLVED: {}, DEAD: {}}
+        for verdict in verdicts:
+            if verdict.action in ended:
+                ended[verdict.action][verdict.item.id] = verdict.reason or verdict.action
+        if ended[RESOLVED]:
+            self.outcome.resolved += await self.db(self.store.settle, claim, RESOLVED, ended[RESOLVED])
+        if ended[DEAD]:
+            self.outcome.dead += await self.db(self.store.settle, claim, DEAD, ended[DEAD])
+
+    def group_size(self) -> int:
+        """Items judged at once: about ``GROUP_SECOND`` of sending, so a body is never read long before it goes."""
+        target = self.target
+        size = target.concurrency * GROUP_SECOND / max(self.mean_elapsed, 0.001)
+        if target.rate_limit_per_second:
+            size = min(size, target.rate_limit_per_second * GROUP_SECOND)
+        return int(min(GROUP_MAX, max(1, size)))
+
+    def allowed(self, claim: Claim) -> str | None:
+        """Why no POST may start now (None: it may)."""
+        now = time.monotonic()
+        if self.stop_sending:
+            return self.stop_sending
+        if now + self.target.timeout_second > self.deadline:
+            return "the run's time budget is spent"
+        if now + self.target.timeout_second + 1 > claim.valid_until:
+            return "the claim's lease would run out during the request"
+        return None
+
+    async def wait_for_slots(self, count: int) -> None:
+        """Before a group is judged: wait out any Retry-After, and reserve its slots of the shared rate limit."""
+        if self.hold_until > time.monotonic():
+            await asyncio.sleep(self.hold_until - time.monotonic())
+        rate = self.target.rate_limit_per_second
+        if not rate:
+            return
+        delay = await self.db(self.registry.reserve, self.config, self.route.destination, count, rate)
+        self.pace_next = time.monotonic() + delay
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def pace(self) -> None:
+        """Wait for this send's reserved slot (``1 / rate`` apart within a group)."""
+        rate = self.target.rate_limit_per_second
+        if not rate:
+            return
+        start = self.pace_next
+        self.pace_next = max(start, time.monotonic()) + 1.0 / rate
+        if start > time.monotonic():
+            await asyncio.sleep(start - time.monotonic())
+
+    def count(self, result: DeliveryResult) -> None:
+        self.mean_elapsed = 0.8 * self.mean_elapsed + 0.2 * result.elapsed_second
+        if result.ok:
+            self.consecutive_failures = 0
+        elif result.counts_for_breaker:
+            self.consecutive_failures += 1
+            if self.consecutive_failures >= self.target.breaker_threshold and self.stop_sending is None:
+                self.stop_sending = f"{CIRCUIT_OPEN}: {self.consecutive_failures} consecutive failures, not sent"
+                self.outcome.circuit_open = self.outcome.tripped = True
+                log.error("destination %s: circuit open after repeated failures", self.route.destination)
+        if result.retry_after_second:
+            self.hold_until = max(self.hold_until, time.monotonic() + result.retry_after_second)
+
+
+class _LeaseKeeper:
+    """Renews a batch's claim while it is worked on; ``claim.valid_until`` follows each renewal."""
+
+    def __init__(self, run: _RouteRun, claim: Claim) -> None:
+        self.run_ = run
+        self.claim = claim
+
+    async def run(self) -> None:
+        run = self.run_
+        interval = max(0.5, run.settings.lease_second / 3)
+        while True:
+            await asyncio.sleep(interval)
+            self.claim = await run.db(run.store.renew, self.claim, run.settings.lease_second)
+
+
+class _Sending:
+    """The POSTs of one judged group: workers, and a writer recording results as they come."""
+
+    def __init__(
+        self, run: _RouteRun, session: aiohttp.ClientSession, keeper: _LeaseKeeper, sends: list[Verdict]
+    ) -> None:
+        self.run_ = run
+        self.session = session
+        self.keeper = keeper
+        self.queue = list(reversed(sends))
+        self.answered: list[tuple[Verdict, DeliveryResult]] = []
+        self.wake = asyncio.Event()
+        self.done = False
+        self.failure: BaseException | None = None
+
+    async def run(self) -> None:
+        run = self.run_
+        writer = asyncio.create_task(self._writer())
+        workers = [asyncio.create_task(self._worker()) for _ in range(min(run.target.concurrency, len(self.queue)))]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for worker in workers:
+                worker.cancel()
+            self.done = True
+            self.wake.set()
+            await writer  # the results are recorded before the claim can be released
+        run.outcome.not_sent += len(self.queue)
+        if self.failure is not None:
+            raise self.failure
+
+    async def _worker(self) -> None:
+        run = self.run_
+        while self.queue:
+            reason = run.allowed(self.keeper.claim)
+            if reason is not None:
+                if reason.startswith(CIRCUIT_OPEN):
+                    run.outcome.errors.append(reason)
+                return
+            verdict = self.queue.pop()
+            await run.pace()
+            if run.allowed(self.keeper.claim) is not None:
+                self.queue.append(verdict)
+                return
+            assert verdict.body is not None
+            result = await post(
+                self.session, run.target, Delivery(verdict.item.id, verdict.body.idempotency_key, verdict.body.body)
+            )
+            run.count(result)
+            run.outcome.sent += 1
+            self.answered.append((verdict, result))
+            if len(self.answered) >= FLUSH_RESULTS:
+                self.wake.set()
+
+    async def _writer(self) -> None:
+        run = self.run_
+        while True:
+            if not self.done:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), FLUSH_SECOND)
+            self.wake.clear()
+            batch, self.answered = self.answered, []
+            if batch:
+                try:
+                    await self._record(batch)
+                except Exception as err:  # nothing more is sent: its answer could not be recorded
+                    self.failure = err
+                    run.stop_sending = f"recording results failed: {type(err).__name__}: {err}"
+                    return
+            if self.done and not self.answered:
+                return
+
+    async def _record(self, batch: list[tuple[Verdict, DeliveryResult]]) -> None:
+        run = self.run_
+        attempts = [
+            Attempt(
+                item_id=v.item.id,
+                ok=r.ok,
+                type=v.type,
+                idempotency_key=v.body.idempotency_key if v.body else "",
+                version=v.version,
+                body=v.body.body if v.body else b"",
+                http_status=r.http_status,
+                error=r.error,
+                elapsed_second=r.elapsed_second,
+                retry_after_second=r.retry_after_second,
+            )
+            for v, r in batch
+        ]
+        run.outcome.delivered += await run.db(run.store.record_attempts, self.keeper.claim, attempts)
+        for verdict, result in batch:
+            if not result.ok:
+                run.outcome.failed.append(verdict.item.id)
+                run.outcome.errors.append(f"item {verdict.item.id}: {result.error}")
+        await self._count_on_circuit([r for _, r in batch])
+
+    async def _count_on_circuit(self, results: list[DeliveryResult]) -> None:
+        run = self.run_
+        counted = [r for r in results if r.ok or r.counts_for_breaker]
+        if counted:
+            succeeded = any(r.ok for r in counted)
+            after = 0
+            for result in reversed(counted):
+                if result.ok:
+                    break
+                after += 1
+            last_error = next((r.error for r in reversed(counted) if not r.ok), None)
+            await run.db(
+                run.registry.count_sends,
+                run.config,
+                run.route.destination,
+                succeeded=succeeded,
+                failures_after=after,
+                threshold=run.target.breaker_threshold,
+                cooldown_second=run.target.breaker_cooldown_second,
+                last_error=last_error,
+            )
+        held = max((r.retry_after_second or 0.0 for r in results), default=0.0)
+        if held:
+            await run.db(run.registry.hold_off, run.config, run.route.destination, held)
+
+
+@dataclass
+class Parked:
+    """What :func:`after_try` parked.
+
+    :param by_circuit: items of destinations whose circuit is open (their receiver keeps failing).
+    :param after_last_try: items that failed through every try.
+    :param opened: destinations whose circuit opened in this try (worth an alert).
+    """
+
+    by_circuit: int = 0
+    after_last_try: int = 0
+    opened: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.by_circuit + self.after_last_try
+
+
+def after_try(
+    store: DeliveryStore,
+    registry: DestinationRegistry,
+    config: str,
+    outcomes: dict[str, RouteOutcome],
+    *,
+    last_try: bool,
+    cooldown_second: dict[str, float],
+) -> Parked:
+    """What the sync DAG's delivery does after each try: park what it will not retry.
+
+    A destination whose circuit is open (it tripped in this try, or was open already) has its
+    whole pending backlog parked at once, without retries: the failure pool probes it, and
+    later runs park its new items the same way until a probe gets through. After the last try,
+    what failed is parked; a destination that delivered nothing gets its circuit opened too.
+    """
+    parked = Parked()
     for destination, outcome in outcomes.items():
         if outcome.circuit_open:
-            parked += store.park(config, destination=destination)
+            parked.by_circuit += store.park(config, destination)
+            if outcome.tripped:
+                parked.opened.append(destination)
+        elif outcome.failed and last_try:
+            parked.after_last_try += store.park(config, destination, sorted(set(outcome.failed)))
+            if not outcome.delivered:
+                reason = outcome.errors[-1] if outcome.errors else "deliveries failed through every try"
+                registry.open_circuit(config, destination, cooldown_second.get(destination, 60.0), reason)
+                parked.after_last_try += store.park(config, destination)
+                parked.opened.append(destination)
     return parked
 
 
-def _drop_consistent(
-    store: DeliveryStore, route: Route, items: list[StoredItem], outcome: RouteOutcome
-) -> list[StoredItem]:
-    """Mark resolved the items whose destination row now matches; return the others."""
-    assert route.recheck is not None
-    params, spec = route.recheck
-    reader = DestinationReader(spec, list(spec.columns))
-    checkable = [i for i in items if i.type in (1, 2)]
-    try:
-        conn = connect(params, connect_timeout=5)
-        try:
-            found = reader.lookup(conn, sorted({i.row_key for i in checkable}))
-        finally:
-            conn.close()
-    except Exception as err:  # the re-check is an optimisation: deliver anyway
-        log.warning("destination %s: re-check skipped (%s: %s)", route.destination, type(err).__name__, err)
-        return items
-    resolved: list[int] = []
-    for item in checkable:
-        try:
-            values = source_values(item.body)
-        except PayloadError:
-            continue
-        expected = tuple(values.get(c) for c in spec.columns)
-        if found.get(item.row_key) == expected:
-            resolved.append(item.id)
-    if resolved:
-        store.mark_resolved(resolved)
-        outcome.resolved += len(resolved)
-        log.info(
-            "destination %s: %d item(s) caught up before sending, nothing sent",
-            route.destination,
-            len(resolved),
-        )
-    dropped = set(resolved)
-    return [i for i in items if i.id not in dropped]
+def still_failing(outcomes: dict[str, RouteOutcome]) -> list[int]:
+    """Items that failed at a destination whose circuit is not open: what an Airflow retry is for."""
+    return sorted(i for o in outcomes.values() if not o.circuit_open for i in o.failed)

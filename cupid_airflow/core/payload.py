@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import struct
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -50,10 +51,15 @@ def row_version(row: Mapping[str, bytes | None]) -> str:
     return hashlib.sha1(b"".join(parts), usedforsecurity=False).hexdigest()
 
 
-def idempotency_key(config: str, destination: str, row_key: bytes, version: str) -> str:
-    """Return the sha256 hex key of one row version for one destination of one config."""
-    digest = hashlib.sha256()
-    for part in (config.encode("utf-8"), destination.encode("utf-8"), row_key, version.encode("ascii")):
+def idempotency_key(config: str, destination: str, row_key: bytes, item_id: int, body_digest: bytes) -> str:
+    """Return the sha256 hex key of one callback body of one store item.
+
+    The item id names the detection episode (a re-detection after delivery is a new item), the
+    digest of the body without its key names what is sent: retries of an unchanged body repeat
+    the key, any other body gets another one. Persisted in the store: changing it is a migration.
+    """
+    digest = hashlib.sha256(b"cupid-idempotency-2")
+    for part in (config.encode("utf-8"), destination.encode("utf-8"), row_key, str(int(item_id)).encode(), body_digest):
         digest.update(_framed(part))
     return digest.hexdigest()
 
@@ -78,8 +84,18 @@ def _decode(value: str | None, binary: bool) -> bytes | None:
     return base64.b64decode(value, validate=True) if binary else value.encode("utf-8")
 
 
+@dataclass(frozen=True)
+class CallbackBody:
+    """A callback body and the ``Idempotency-Key`` that names it."""
+
+    body: bytes
+    idempotency_key: str
+
+
 def build_body(
     *,
+    config: str,
+    item_id: int,
     mismatch_type: int,
     source_row: Mapping[str, bytes | None],
     destination: str,
@@ -88,10 +104,9 @@ def build_body(
     row_key: bytes,
     differences: Mapping[str, tuple[bytes | None, bytes | None]] | None,
     detected_at: str,
-    idempotency_key: str,
     destination_row: Mapping[str, bytes | None] | None = None,
-) -> bytes:
-    """Return the compact UTF-8 JSON body POSTed to the callback.
+) -> CallbackBody:
+    """Return the compact UTF-8 JSON body POSTed to the callback, and its idempotency key.
 
     ``type`` and ``srcColumn`` keep the original meaning: the mismatch type and
     the whole source row, every non-NULL value as a string, NULL as ``null``.
@@ -107,16 +122,20 @@ def build_body(
     value that is not valid UTF-8 is base64 and its column is listed in
     ``binaryDestinationColumns``.
 
+    The last field, ``idempotencyKey``, is :func:`idempotency_key` of the body
+    without it: the same item and the same body always give the same key.
+
+    :param config: the config name.
+    :param item_id: the delivery store item the body is sent for.
     :param mismatch_type: 1 missing at the destination, 2 different, 3 deleted at the source.
-    :param source_row: the source row as scanned (raw bytes, None for NULL), in column order.
-    :param destination: the destination name (``des0`` or ``des[].name``).
+    :param source_row: the source row as read (raw bytes, None for NULL), in column order.
+    :param destination: the destination's identity (``des[].name``, or its ``desN`` label).
     :param destination_table: the destination table.
     :param key_column: the source key column (``src.byColumn``), or the reconcile's ``keyColumns`` joined by ``,``.
     :param row_key: the source key value (for composite keys, their JSON array); must equal
         ``source_row[key_column]`` when that column is in the row.
     :param differences: source column -> (source value, destination value), for type 2.
-    :param detected_at: when the mismatch was found, ISO 8601.
-    :param idempotency_key: the key from :func:`idempotency_key`.
+    :param detected_at: when the mismatch was first detected, source DB time.
     :param destination_row: for type 3, the destination row whose source row is gone; sent as
         ``desColumn`` (encoded like ``srcColumn``, binary columns in ``binaryDestinationColumns``).
     """
@@ -147,8 +166,14 @@ def build_body(
         body["desColumn"] = {n: _encode(v, n in binary_destination) for n, v in destination_row.items()}
         body["binaryDestinationColumns"] = binary_destination
     body["detectedAt"] = detected_at
-    body["idempotencyKey"] = idempotency_key
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    unkeyed = _dumps(body)
+    key = idempotency_key(config, destination, row_key, item_id, hashlib.sha256(unkeyed).digest())
+    body["idempotencyKey"] = key
+    return CallbackBody(_dumps(body), key)
+
+
+def _dumps(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def _differences(
@@ -183,7 +208,11 @@ def signature_header_value(body: bytes, secret: str) -> str:
 
 def verify_signature(body: bytes, secret: str, header_value: str) -> bool:
     """Tell whether a :data:`SIGNATURE_HEADER` value signs this body (what a receiver does)."""
-    return hmac.compare_digest(signature_header_value(body, secret), header_value.strip())
+    try:
+        given = header_value.strip().encode("ascii")
+    except UnicodeEncodeError:
+        return False  # a signature is ASCII hex: anything else does not sign this body
+    return hmac.compare_digest(signature_header_value(body, secret).encode("ascii"), given)
 
 
 def source_values(body: bytes | str) -> dict[str, bytes | None]:

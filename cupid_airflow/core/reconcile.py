@@ -63,7 +63,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from cupid_airflow.core.compare import DELETED, DIFFERENT, MISSING, DestinationSpec, loose_key
-from cupid_airflow.core.payload import build_body, idempotency_key, row_version
+from cupid_airflow.core.detection import RECONCILE, Detection
 from cupid_airflow.core.sql import (
     ConnectionParams,
     LazyConnection,
@@ -73,11 +73,11 @@ from cupid_airflow.core.sql import (
     quote_table,
     split_table,
 )
-from cupid_airflow.core.store import DeliveryStore, Mismatch
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
 
+    from cupid_airflow.core.store import DeliveryStore
     from cupid_airflow.core.sync import CursorStore
 
 log = logging.getLogger(__name__)
@@ -1488,7 +1488,7 @@ class ReconcileRun:
                 key_name = _name_in(rows[0], self.by_column) if rows else self.by_column
                 current = {r[key_name]: r for r in rows if r.get(key_name) is not None}
             matched = _match(keys, destination.mapped_by_key(keys), lambda k: destination.mapped_by_key([k]), loose)
-            mismatches: list[Mismatch] = []
+            mismatches: list[Detection] = []
             for key in keys:
                 row = current.get(key)
                 if row is None:
@@ -1544,8 +1544,8 @@ class ReconcileRun:
             self._record(mismatches, found, outcome)
         return found
 
-    def _record(self, mismatches: list[Mismatch], found: dict[str, int], outcome: ReconcileOutcome) -> None:
-        recorded = self.store.record(mismatches)
+    def _record(self, mismatches: list[Detection], found: dict[str, int], outcome: ReconcileOutcome) -> None:
+        recorded = self.store.record(mismatches).new
         outcome.recorded += recorded
         found["recorded"] += recorded
         for mismatch in mismatches:
@@ -1561,40 +1561,15 @@ class ReconcileRun:
         row: dict[str, bytes | None],
         differences: dict[str, tuple[bytes | None, bytes | None]] | None,
         detected_at: str,
-    ) -> Mismatch:
+    ) -> Detection:
+        del spec, detected_at  # the body is built when it is sent, from the rows as they are then
+        key_columns = tuple(self.key_columns or ())
         if kind == DELETED:
-            version = hashlib.sha1(b"deleted:" + row_version(row).encode()).hexdigest()
-            idem = idempotency_key(self.config, name, key, version)
-            body = build_body(
-                mismatch_type=kind,
-                source_row={},
-                destination=name,
-                destination_table=spec.table,
-                key_column=",".join(self.key_columns) if self.key_columns else self.by_column,
-                row_key=key,
-                differences=None,
-                detected_at=detected_at,
-                idempotency_key=idem,
-                destination_row=row,
-            )
-            return Mismatch(self.config, name, key, version, idem, kind, None, body)
-        version = row_version(row)
-        idem = idempotency_key(self.config, name, key, version)
-        body = build_body(
-            mismatch_type=kind,
-            source_row=row,
-            destination=name,
-            destination_table=spec.table,
-            key_column=",".join(self.key_columns) if self.key_columns else _name_in(row, self.by_column),
-            row_key=key,
-            differences=differences,
-            detected_at=detected_at,
-            idempotency_key=idem,
-        )
+            return Detection(self.config, name, key, kind, None, None, key_columns, RECONCILE)
         id_name = _name_in(row, self.id_column)
         raw_id = row.get(id_name)
         source_id = int(raw_id) if raw_id is not None and raw_id.lstrip(b"-").isdigit() else None
-        return Mismatch(self.config, name, key, version, idem, kind, source_id, body)
+        return Detection(self.config, name, key, kind, source_id, differences, key_columns, RECONCILE)
 
 
 def _differing(

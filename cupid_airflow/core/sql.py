@@ -82,7 +82,12 @@ def describe_error(err: Exception, *params: ConnectionParams) -> str:
 
 
 class LazyConnection:
-    """One raw-bytes connection, opened on first use and dropped after an error so the next use reconnects."""
+    """One raw-bytes connection, opened on first use and dropped after an error so the next use reconnects.
+
+    ``SESSION_SQL`` statements run on every new connection (e.g. the isolation level).
+    """
+
+    SESSION_SQL: tuple[str, ...] = ()
 
     def __init__(self, params: ConnectionParams) -> None:
         self.params = params
@@ -91,7 +96,14 @@ class LazyConnection:
     @property
     def conn(self) -> Any:
         if self._conn is None:
-            self._conn = connect(self.params)
+            conn = connect(self.params)
+            try:
+                for statement in self.SESSION_SQL:
+                    conn.cursor().execute(statement)
+            except Exception:
+                conn.close()
+                raise
+            self._conn = conn
         return self._conn
 
     def close(self) -> None:
@@ -110,12 +122,25 @@ class LazyConnection:
         return cursor
 
 
-def connect(params: ConnectionParams, *, connect_timeout: int = 10, read_timeout: int | None = None) -> Any:
+CONNECT_TIMEOUT_SECOND = 10
+READ_TIMEOUT_SECOND = 60
+WRITE_TIMEOUT_SECOND = 60
+
+
+def connect(
+    params: ConnectionParams,
+    *,
+    connect_timeout: int = CONNECT_TIMEOUT_SECOND,
+    read_timeout: int = READ_TIMEOUT_SECOND,
+    write_timeout: int = WRITE_TIMEOUT_SECOND,
+) -> Any:
     """Open a mysqlclient connection that returns every value as raw bytes.
 
     Values come back exactly as MySQL renders them as text (``None`` for
     NULL), which is what cupid compares and sends. Query parameters are
-    encoded as usual (``None`` is NULL, integers stay numbers).
+    encoded as usual (``None`` is NULL, integers stay numbers). Every wait on
+    the server is bounded: connecting, and each read and write of a query, so
+    a server that stops answering fails the caller instead of hanging it.
     """
     import MySQLdb
     from MySQLdb.converters import conversions
@@ -128,10 +153,10 @@ def connect(params: ConnectionParams, *, connect_timeout: int = 10, read_timeout
         "use_unicode": False,
         "charset": "utf8mb4",
         "connect_timeout": connect_timeout,
+        "read_timeout": read_timeout,
+        "write_timeout": write_timeout,
         "autocommit": True,
     }
-    if read_timeout:
-        kwargs["read_timeout"] = read_timeout
     if params.database:
         kwargs["db"] = params.database
     if params.unix_socket:

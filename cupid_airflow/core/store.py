@@ -1,151 +1,656 @@
-"""The durable delivery store: every detected mismatch, until it is delivered."""
+"""The delivery store: a latest-state outbox of detected mismatches, claimed by one sender at a time.
+
+Table ``cupid_delivery`` holds one *item* per detection episode of a (config, destination, key).
+``pending`` and ``parked`` items are live: a unique index on ``(config, destination, key_hash,
+live)`` allows one live item per key (``live`` is NULL once an item is terminal), so a newer
+detection supersedes the live item in place (``revision`` goes up) and a detection after the item
+ended is a new item. Items carry what was detected, not a body: the dispatcher builds the body
+from the rows as they are when it sends. Each POST started is an attempt, recorded in
+``cupid_delivery_attempt`` with the body sent, and applied to its item once, under its claim.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+import os
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cupid_airflow.core.detection import Detection, differences_json, key_hash
 from cupid_airflow.core.sql import ConnectionParams, LazyConnection, literal_int, quote_table
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
+
+log = logging.getLogger(__name__)
 
 STORE_TABLE = "cupid_delivery"
+ATTEMPT_SUFFIX = "_attempt"
 
 PENDING = "pending"
 PARKED = "parked"
 DELIVERED = "delivered"
 RESOLVED = "resolved"
 DEAD = "dead"
-STATUSES = (PENDING, PARKED, DELIVERED, RESOLVED, DEAD)
+SUPERSEDED = "superseded"  # only items of a 0.1 store that a newer live item of their key replaced
+STATUSES = (PENDING, PARKED, DELIVERED, RESOLVED, DEAD, SUPERSEDED)
+LIVE_STATUSES = (PENDING, PARKED)
 UNDELIVERED = (PENDING, PARKED, DEAD)
+
+LIVE = 1  # the item is pending or parked
+POISONED = 2  # dead when recorded (the store cannot hold it as it is); one per key, like a live item
+
+KEY_CAP = 65535  # bytes of a key the store keeps; a longer key is recorded dead, cut, with its hash
+DIFFERENCES_CAP = 16384  # bytes of the detection's differences (JSON) kept; longer ones are dropped
+BODY_CAP = 65536  # bytes of a sent body kept on its attempt; the rest is cut (attempt.body_cut)
+ERROR_CAP = 1024
+
+RETRYABLE_ERRORS = frozenset({1205, 1213})  # lock wait timeout, deadlock: the transaction is retried
+UNREACHABLE_ERRORS = frozenset({2002, 2003, 2005, 2006, 2013})  # the server, not a row, is the problem
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS {table} (
   id               BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY,
   config           VARCHAR(128)    NOT NULL,
   destination      VARCHAR(128)    NOT NULL,
-  row_key          VARBINARY(1024) NOT NULL,
-  version          CHAR(40)        NOT NULL,
-  idempotency_key  CHAR(64)        NOT NULL,
+  key_hash         BINARY(32)      NOT NULL,
+  row_key          MEDIUMBLOB      NOT NULL,
+  key_columns      VARCHAR(512)    NULL,
+  live             TINYINT         NULL DEFAULT 1,
   type             TINYINT         NOT NULL,
-  source_id        BIGINT          NULL,
-  body             LONGBLOB        NOT NULL,
+  origin           VARCHAR(16)     NOT NULL DEFAULT 'sync',
+  source_id        DECIMAL(20,0)   NULL,
+  differences      MEDIUMBLOB      NULL,
+  note             VARCHAR(1024)   NULL,
   status           VARCHAR(16)     NOT NULL DEFAULT 'pending',
+  revision         INT UNSIGNED    NOT NULL DEFAULT 0,
+  claim_revision   INT UNSIGNED    NULL,
+  claim_token      BINARY(16)      NULL,
+  claimed_until    DATETIME(6)     NULL,
+  claimant         VARCHAR(255)    NULL,
+  not_before       DATETIME(6)     NULL,
   attempts         INT             NOT NULL DEFAULT 0,
+  idempotency_key  CHAR(64)        NULL,
+  version          CHAR(40)        NULL,
+  sent_type        TINYINT         NULL,
   last_http_status INT             NULL,
   last_error       VARCHAR(1024)   NULL,
   detected_at      DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  last_detected_at DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
   queued_at        DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
   updated_at       DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
   delivered_at     DATETIME(6)     NULL,
-  UNIQUE KEY uq_idempotency (idempotency_key),
-  KEY ix_queue (config, status, id)
+  UNIQUE KEY uq_live (config, destination, key_hash, live),
+  KEY ix_queue (config, destination, status, id),
+  KEY ix_claim (claim_token)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
 """
 
+ATTEMPT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS {table} (
+  id               BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY,
+  item_id          BIGINT UNSIGNED NOT NULL,
+  flush            BINARY(16)      NOT NULL,
+  ok               TINYINT         NOT NULL,
+  type             TINYINT         NOT NULL,
+  idempotency_key  CHAR(64)        NOT NULL,
+  version          CHAR(40)        NOT NULL,
+  http_status      INT             NULL,
+  error            VARCHAR(1024)   NULL,
+  not_before       DATETIME(6)     NULL,
+  body             MEDIUMBLOB      NOT NULL,
+  body_cut         TINYINT         NOT NULL DEFAULT 0,
+  elapsed_ms       INT             NOT NULL,
+  sent_at          DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  KEY ix_item (item_id, id),
+  KEY ix_flush (flush)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+"""
+
+# A 0.1 store (one item per row version, bodies recorded at detection) becomes this one in place.
+MIGRATION_0_1 = (
+    "ALTER TABLE {table} DROP INDEX uq_idempotency, DROP INDEX ix_queue, DROP COLUMN body,"
+    " MODIFY row_key MEDIUMBLOB NOT NULL, MODIFY source_id DECIMAL(20,0) NULL,"
+    " MODIFY version CHAR(40) NULL, MODIFY idempotency_key CHAR(64) NULL,"
+    " MODIFY last_error VARCHAR(1024) NULL,"
+    " ADD COLUMN key_hash BINARY(32) NULL AFTER destination,"
+    " ADD COLUMN key_columns VARCHAR(512) NULL AFTER row_key,"
+    " ADD COLUMN live TINYINT NULL DEFAULT 1 AFTER key_columns,"
+    " ADD COLUMN origin VARCHAR(16) NOT NULL DEFAULT 'sync' AFTER type,"
+    " ADD COLUMN differences MEDIUMBLOB NULL AFTER source_id,"
+    " ADD COLUMN note VARCHAR(1024) NULL AFTER differences,"
+    " ADD COLUMN revision INT UNSIGNED NOT NULL DEFAULT 0 AFTER status,"
+    " ADD COLUMN claim_revision INT UNSIGNED NULL AFTER revision,"
+    " ADD COLUMN claim_token BINARY(16) NULL AFTER claim_revision,"
+    " ADD COLUMN claimed_until DATETIME(6) NULL AFTER claim_token,"
+    " ADD COLUMN claimant VARCHAR(255) NULL AFTER claimed_until,"
+    " ADD COLUMN not_before DATETIME(6) NULL AFTER claimed_until,"
+    " ADD COLUMN sent_type TINYINT NULL AFTER version,"
+    " ADD COLUMN last_detected_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) AFTER detected_at",
+    "UPDATE {table} SET key_hash = UNHEX(SHA2(row_key, 256)), last_detected_at = detected_at,"
+    " live = IF(status IN ('pending', 'parked'), 1, NULL), version = NULL, idempotency_key = NULL",
+    "UPDATE {table} t JOIN (SELECT config, destination, key_hash, MAX(id) AS keep FROM {table} WHERE live = 1"
+    " GROUP BY config, destination, key_hash HAVING COUNT(*) > 1) k"
+    " ON t.config = k.config AND t.destination = k.destination AND t.key_hash = k.key_hash"
+    " SET t.status = 'superseded', t.live = NULL WHERE t.live = 1 AND t.id < k.keep",
+    "ALTER TABLE {table} MODIFY key_hash BINARY(32) NOT NULL,"
+    " ADD UNIQUE KEY uq_live (config, destination, key_hash, live),"
+    " ADD KEY ix_queue (config, destination, status, id), ADD KEY ix_claim (claim_token)",
+)
+
 
 @dataclass(frozen=True)
-class Mismatch:
-    """One mismatch of one source row version against one destination, ready to record."""
+class RecordOutcome:
+    """What one :meth:`DeliveryStore.record` did.
 
-    config: str
+    :param new: items created.
+    :param superseded: live items a newer detection of their key updated in place.
+    :param reduced: detections stored without their differences (too big, or refused as they were).
+    :param dead: detections the store could not hold (e.g. a key over 64 KiB), stored dead with the reason.
+    """
+
+    new: int = 0
+    superseded: int = 0
+    reduced: int = 0
+    dead: int = 0
+
+    def __add__(self, other: RecordOutcome) -> RecordOutcome:
+        return RecordOutcome(
+            self.new + other.new,
+            self.superseded + other.superseded,
+            self.reduced + other.reduced,
+            self.dead + other.dead,
+        )
+
+
+@dataclass(frozen=True)
+class ClaimedItem:
+    """A live item under this dispatcher's claim."""
+
+    id: int
     destination: str
     row_key: bytes
-    version: str
-    idempotency_key: str
+    key_columns: tuple[str, ...]
     type: int
     source_id: int | None
+    status: str
+    attempts: int
+    detected_at: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A batch of items claimed with one token until a lease runs out.
+
+    :param valid_until: ``time.monotonic()`` before which the lease surely holds (measured from
+        before the claim was asked for, less a margin); no POST may start that could outlive it.
+    """
+
+    token: bytes
+    items: list[ClaimedItem]
+    valid_until: float
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One POST that was started, and how it ended."""
+
+    item_id: int
+    ok: bool
+    type: int
+    idempotency_key: str
+    version: str
     body: bytes
+    http_status: int | None
+    error: str | None
+    elapsed_second: float
+    retry_after_second: float | None = None
 
 
 @dataclass(frozen=True)
 class StoredItem:
-    """A recorded mismatch as the delivery side sees it."""
+    """An item as the failure-pool command and page show it."""
 
     id: int
     config: str
     destination: str
     row_key: bytes
-    idempotency_key: str
+    key_columns: tuple[str, ...]
     type: int
-    body: bytes
+    origin: str
+    source_id: int | None
     status: str
+    revision: int
     attempts: int
+    claimed: bool
+    idempotency_key: str | None
     last_http_status: int | None
     last_error: str | None
+    note: str | None
+    differences: dict[str, Any] | None
     detected_at: str
+    queued_at: str
+    updated_at: str
+    delivered_at: str | None
 
 
 class StoreError(RuntimeError):
     """The delivery store cannot be used."""
 
 
+_ITEM_COLUMNS = (
+    "id, config, destination, row_key, key_columns, type, origin, source_id, status, revision, attempts,"
+    " claimed_until IS NOT NULL AND claimed_until >= NOW(6), idempotency_key, last_http_status, last_error, note,"
+    " differences, detected_at, queued_at, updated_at, delivered_at"
+)
+
+
 class DeliveryStore(LazyConnection):
-    """The ``cupid_delivery`` table in the state database.
+    """The ``cupid_delivery`` table (and its attempts) in the state database.
 
     :param params: where the state database is; it must name a database.
     :param table: the table name, ``cupid_delivery`` unless a test needs another.
     """
+
+    SESSION_SQL = ("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",)
 
     def __init__(self, params: ConnectionParams, table: str = STORE_TABLE) -> None:
         if not params.database:
             raise StoreError(f"the state connection {params.describe()} names no database for {table}")
         super().__init__(params)
         self.table = quote_table(table)
+        self.attempt_table = quote_table(table + ATTEMPT_SUFFIX)
 
+    # -- schema ---------------------------------------------------------------------------------
     def ensure_schema(self) -> None:
-        """Create the table when it does not exist yet; add columns that later versions introduced."""
-        self._execute(SCHEMA.format(table=self.table))
-        columns = {row[0].decode().lower() for row in self._execute(f"SHOW COLUMNS FROM {self.table}").fetchall()}
-        if "queued_at" not in columns:  # added in 0.1.0's failure-pool requeue
-            self._execute(
-                f"ALTER TABLE {self.table} ADD COLUMN queued_at DATETIME(6) NOT NULL "
-                "DEFAULT CURRENT_TIMESTAMP(6) AFTER detected_at"
-            )
+        """Create the tables when they do not exist yet; migrate a 0.1 store in place."""
+        columns = self._columns()
+        if columns and "live" in columns and not _missing_columns(SCHEMA, columns):
+            if not self._has_table(self.attempt_table):
+                self._execute(ATTEMPT_SCHEMA.format(table=self.attempt_table))
+            return
+        self._execute("SELECT GET_LOCK(%s, 60)", (f"cupid_schema_{self.params.database}",))
+        try:
+            columns = self._columns()
+            if not columns:
+                self._execute(SCHEMA.format(table=self.table))
+            elif "live" not in columns:
+                log.warning("migrating the delivery store %s from cupid-airflow 0.1", self.table)
+                if "queued_at" not in columns:
+                    self._execute(
+                        f"ALTER TABLE {self.table} ADD COLUMN queued_at DATETIME(6) NOT NULL "
+                        "DEFAULT CURRENT_TIMESTAMP(6) AFTER detected_at"
+                    )
+                for statement in MIGRATION_0_1:
+                    self._execute(statement.format(table=self.table))
+            else:
+                for definition in _missing_columns(SCHEMA, columns):  # added since the table was made
+                    self._execute(f"ALTER TABLE {self.table} ADD COLUMN {definition}")
+            self._execute(ATTEMPT_SCHEMA.format(table=self.attempt_table))
+        finally:
+            self._execute("SELECT RELEASE_LOCK(%s)", (f"cupid_schema_{self.params.database}",))
+
+    def _columns(self) -> set[str]:
+        if not self._has_table(self.table):
+            return set()
+        return {row[0].decode().lower() for row in self._execute(f"SHOW COLUMNS FROM {self.table}").fetchall()}
+
+    def _has_table(self, table: str) -> bool:
+        name = table.split(".")[-1].strip("`")
+        return bool(self._execute("SHOW TABLES LIKE %s", (name.replace("_", "\\_"),)).fetchall())
 
     # -- recording (the compare side) ---------------------------------------------------------
-    def record(self, mismatches: Sequence[Mismatch], chunk: int = 500) -> int:
-        """Durably record mismatches in one transaction; return how many are new.
+    def record(self, detections: Sequence[Detection], chunk: int = 500) -> RecordOutcome:
+        """Durably record detections in one transaction.
 
-        A mismatch already recorded (same idempotency key) is kept as it is.
+        A detection of a key that has a live item supersedes it (same item, ``revision`` + 1);
+        otherwise it is a new item. A detection the store cannot hold as it is never stops the
+        others: it is stored in a reduced form, or dead with the reason in ``note``.
         """
-        if not mismatches:
-            return 0
-        sql = (
-            f"INSERT INTO {self.table} (config, destination, row_key, version, idempotency_key, type, "
-            "source_id, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE id = id"
-        )
-        new = 0
-        conn = self.conn
+        if not detections:
+            return RecordOutcome()
+        rows = [_stored_form(d) for d in detections]
         try:
-            conn.begin()
-            cursor = conn.cursor()
-            for start in range(0, len(mismatches), chunk):
-                cursor.executemany(
-                    sql,
-                    [
-                        (
-                            m.config,
-                            m.destination,
-                            m.row_key,
-                            m.version,
-                            m.idempotency_key,
-                            m.type,
-                            m.source_id,
-                            m.body,
-                        )
-                        for m in mismatches[start : start + chunk]
-                    ],
-                )
-                new += max(0, int(cursor.rowcount))
-            conn.commit()
-        except Exception:
-            self.close()
-            raise
-        return new
+            new, superseded = self._transaction(lambda: self._insert([r for r, _ in rows], chunk))
+            reduced = sum(1 for _, kind in rows if kind == "reduced")
+            dead = sum(1 for _, kind in rows if kind == "dead")
+            return RecordOutcome(max(0, new - dead), superseded, reduced, dead)
+        except Exception as err:
+            if _code(err) in UNREACHABLE_ERRORS:
+                raise
+            log.warning("recording %d detection(s) failed (%s); recording them one by one", len(rows), err)
+        return self._record_one_by_one(detections, rows)
 
-    # -- delivery side ------------------------------------------------------------------------
+    def _record_one_by_one(
+        self, detections: Sequence[Detection], rows: list[tuple[tuple[Any, ...], str]]
+    ) -> RecordOutcome:
+        new = superseded = reduced = dead = 0
+        for detection, (row, kind) in zip(detections, rows, strict=True):
+            try:
+                added, replaced = self._insert_one(row)
+            except Exception as err:
+                if _code(err) in UNREACHABLE_ERRORS:
+                    raise
+                reason = f"refused by the store: {type(err).__name__}: {err}"
+                log.error("detection of key %r at %s: %s", detection.key[:64], detection.destination, reason)
+                row, kind = _stored_form(detection, poison=reason)
+                added, replaced = self._insert_one(row)
+            new += added if kind != "dead" else 0
+            superseded += replaced
+            reduced += kind == "reduced"
+            dead += kind == "dead"
+        return RecordOutcome(new, superseded, reduced, dead)
+
+    def _insert_one(self, row: tuple[Any, ...]) -> tuple[int, int]:
+        result: tuple[int, int] = self._transaction(lambda: self._insert([row], 1))
+        return result
+
+    def _insert(self, rows: list[tuple[Any, ...]], chunk: int) -> tuple[int, int]:
+        sql = (
+            f"INSERT INTO {self.table} (config, destination, key_hash, row_key, key_columns, type, origin, "
+            "source_id, differences, note, status, live) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON DUPLICATE KEY UPDATE revision = revision + 1, type = VALUES(type), origin = VALUES(origin), "
+            "source_id = VALUES(source_id), differences = VALUES(differences), note = VALUES(note), "
+            "last_detected_at = NOW(6), updated_at = NOW(6)"
+        )
+        cursor = self.conn.cursor()
+        affected = 0
+        for start in range(0, len(rows), chunk):
+            cursor.executemany(sql, rows[start : start + chunk])
+            affected += max(0, int(cursor.rowcount))
+        # MySQL counts 1 per inserted row and 2 per updated one
+        superseded = max(0, affected - len(rows))
+        return len(rows) - superseded, superseded
+
+    # -- claims (the delivery side) -----------------------------------------------------------
+    def claim(
+        self,
+        config: str,
+        destination: str,
+        statuses: Sequence[str],
+        *,
+        limit: int,
+        lease_second: float,
+        after_id: int = 0,
+        claimant: str | None = None,
+    ) -> Claim:
+        """Claim up to ``limit`` live items of one destination with ids above ``after_id``, oldest first,
+        for ``lease_second``.
+
+        Items claimed by another dispatcher whose lease has not run out, and items told to wait
+        (a 429's ``Retry-After``), are left alone.
+
+        :param claimant: who claims, when a later attempt of the same work knows the earlier one has
+            ended (an Airflow task instance's retry): it takes over that claimant's claims at once
+            instead of waiting for their leases to run out.
+        """
+        statuses = tuple(s for s in statuses if s in LIVE_STATUSES)
+        token = os.urandom(16)
+        asked_at = time.monotonic()
+        lease_us = int(lease_second * 1_000_000)
+        self._transaction(
+            lambda: self._execute(
+                f"UPDATE {self.table} SET claim_token = %s, claimed_until = NOW(6) + INTERVAL {lease_us} MICROSECOND, "
+                "claimant = %s, claim_revision = revision "
+                f"WHERE config = %s AND destination = %s AND live = {LIVE} AND id > {literal_int(after_id)} "
+                f"AND status IN ({_marks(statuses)}) "
+                "AND (claimed_until IS NULL OR claimed_until < NOW(6) OR claimant <=> %s AND %s IS NOT NULL) "
+                f"AND (not_before IS NULL OR not_before <= NOW(6)) ORDER BY id LIMIT {literal_int(limit)}",
+                [token, claimant, config, destination, *statuses, claimant, claimant],
+            )
+        )
+        rows = self._execute(
+            "SELECT id, destination, row_key, key_columns, type, source_id, status, attempts, detected_at "
+            f"FROM {self.table} WHERE claim_token = %s ORDER BY id",
+            (token,),
+        ).fetchall()
+        items = [
+            ClaimedItem(
+                id=int(r[0]),
+                destination=r[1].decode(),
+                row_key=r[2],
+                key_columns=_split_columns(r[3]),
+                type=int(r[4]),
+                source_id=None if r[5] is None else int(r[5]),
+                status=r[6].decode(),
+                attempts=int(r[7]),
+                detected_at=r[8].decode(),
+            )
+            for r in rows
+        ]
+        return Claim(token, items, asked_at + lease_second - min(2.0, lease_second / 10))
+
+    def renew(self, claim: Claim, lease_second: float) -> Claim:
+        """Extend a claim's lease; the returned claim's ``valid_until`` counts from now."""
+        asked_at = time.monotonic()
+        lease_us = int(lease_second * 1_000_000)
+        self._execute(
+            f"UPDATE {self.table} SET claimed_until = NOW(6) + INTERVAL {lease_us} MICROSECOND WHERE claim_token = %s",
+            (claim.token,),
+        )
+        return Claim(claim.token, claim.items, asked_at + lease_second - min(2.0, lease_second / 10))
+
+    def release(self, claim: Claim, ids: Iterable[int] | None = None) -> int:
+        """Give items back without an attempt (all the claim still holds when ``ids`` is None)."""
+        where = "claim_token = %s"
+        if ids is not None:
+            id_list = ", ".join(literal_int(i) for i in ids)
+            if not id_list:
+                return 0
+            where += f" AND id IN ({id_list})"
+        cursor = self._execute(
+            f"UPDATE {self.table} SET claim_token = NULL, claimed_until = NULL WHERE {where}", (claim.token,)
+        )
+        return int(cursor.rowcount)
+
+    def settle(self, claim: Claim, status: str, reasons: dict[int, str]) -> int:
+        """End claimed items without sending (``resolved``: nothing to repair; ``dead``: cannot be sent).
+
+        Only items still at the revision they were claimed at are ended; a newer detection leaves
+        its item live for the next claim. Returns how many were ended.
+        """
+        if status not in (RESOLVED, DEAD):
+            raise ValueError(f"settle ends items as resolved or dead, not {status!r}")
+        ended = 0
+        by_reason: dict[str, list[int]] = {}
+        for item_id, reason in reasons.items():
+            by_reason.setdefault(reason[:ERROR_CAP], []).append(item_id)
+        for reason, ids in by_reason.items():
+            cursor = self._execute(
+                f"UPDATE {self.table} SET status = %s, live = NULL, last_error = %s, claim_token = NULL, "
+                "claimed_until = NULL, updated_at = NOW(6) WHERE claim_token = %s AND revision = claim_revision "
+                f"AND id IN ({', '.join(literal_int(i) for i in ids)})",
+                (status, reason, claim.token),
+            )
+            ended += int(cursor.rowcount)
+        self.release(claim, reasons)
+        return ended
+
+    def record_attempts(self, claim: Claim, attempts: Sequence[Attempt]) -> int:
+        """Record POSTs that were made, and apply each to its item once, under the claim; return how
+        many items they delivered.
+
+        A 2xx ends the item as ``delivered`` unless a newer detection came in while it was being
+        sent (then it stays live and the newer state is sent next). Either way the item's claim
+        is given up, so writing the same attempts again changes nothing.
+        """
+        if not attempts:
+            return 0
+        flush = os.urandom(16)
+        rows = []
+        for a in attempts:
+            body = a.body[:BODY_CAP]
+            rows.append(
+                (
+                    a.item_id,
+                    flush,
+                    int(a.ok),
+                    a.type,
+                    a.idempotency_key,
+                    a.version,
+                    a.http_status,
+                    None if a.error is None else a.error[:ERROR_CAP],
+                    None if a.retry_after_second is None else int(a.retry_after_second * 1_000_000),
+                    body,
+                    int(len(body) < len(a.body)),
+                    int(a.elapsed_second * 1000),
+                )
+            )
+        join = f"{self.table} d JOIN {self.attempt_table} a ON a.flush = %s AND a.item_id = d.id"
+        answer = (
+            "d.attempts = d.attempts + 1, d.idempotency_key = a.idempotency_key, d.version = a.version, "
+            "d.sent_type = a.type, d.last_http_status = a.http_status, d.last_error = a.error, "
+            "d.not_before = a.not_before, d.claim_token = NULL, d.claimed_until = NULL, d.updated_at = NOW(6)"
+        )
+
+        def write() -> int:
+            cursor = self.conn.cursor()
+            cursor.executemany(
+                f"INSERT INTO {self.attempt_table} (item_id, flush, ok, type, idempotency_key, version, "
+                "http_status, error, not_before, body, body_cut, elapsed_ms) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, "
+                "NOW(6) + INTERVAL %s MICROSECOND, %s, %s, %s)",
+                rows,
+            )
+            cursor.execute(
+                f"UPDATE {join} SET d.status = 'delivered', d.live = NULL, d.delivered_at = NOW(6), {answer} "
+                "WHERE d.claim_token = %s AND a.ok = 1 AND d.revision = d.claim_revision",
+                (flush, claim.token),
+            )
+            delivered = int(cursor.rowcount)
+            cursor.execute(f"UPDATE {join} SET {answer} WHERE d.claim_token = %s", (flush, claim.token))
+            return delivered
+
+        return int(self._transaction(write))
+
+    # -- the failure pool -----------------------------------------------------------------------
+    def park(self, config: str, destination: str, ids: Sequence[int] | None = None) -> int:
+        """Move pending items of a destination (all, or the given ones) into the failure pool.
+
+        Items another dispatcher holds a claim on are left to it.
+        """
+        where = (
+            f"config = %s AND destination = %s AND status = %s AND live = {LIVE} "
+            "AND (claimed_until IS NULL OR claimed_until < NOW(6))"
+        )
+        if ids is not None:
+            if not ids:
+                return 0
+            where += f" AND id IN ({', '.join(literal_int(i) for i in ids)})"
+        cursor = self._execute(
+            f"UPDATE {self.table} SET status = %s, queued_at = NOW(6), updated_at = NOW(6) WHERE {where}",
+            (PARKED, config, destination, PENDING),
+        )
+        return int(cursor.rowcount)
+
+    def requeue(self, config: str, ids: Sequence[int] | None = None, statuses: Sequence[str] = (DEAD,)) -> int:
+        """Put items back into the failure pool with a fresh attempt count and age.
+
+        An ended item (dead, delivered, resolved) becomes live again, unless its key already has
+        a live item (which already covers it); items another dispatcher is sending are left alone.
+        Returns how many items were requeued.
+        """
+        where = f"config = %s AND status IN ({_marks(statuses)}) AND (claimed_until IS NULL OR claimed_until < NOW(6))"
+        if ids is not None:
+            if not ids:
+                return 0
+            where += f" AND id IN ({', '.join(literal_int(i) for i in ids)})"
+        cursor = self._execute(
+            f"UPDATE IGNORE {self.table} SET status = %s, live = {LIVE}, attempts = 0, not_before = NULL, "
+            f"queued_at = NOW(6), updated_at = NOW(6) WHERE {where} ORDER BY id",
+            [PARKED, config, *statuses],
+        )
+        return int(cursor.rowcount)
+
+    def expire(self, config: str, *, max_attempts: int | None, max_age_second: int | None) -> int:
+        """Move parked items with too many attempts or too long in the pool to the dead state."""
+        limits = []
+        if max_attempts is not None:
+            limits.append(f"attempts >= {literal_int(max_attempts)}")
+        if max_age_second is not None:
+            limits.append(f"queued_at < NOW(6) - INTERVAL {literal_int(max_age_second)} SECOND")
+        if not limits:
+            return 0
+        cursor = self._execute(
+            f"UPDATE {self.table} SET status = %s, live = NULL, updated_at = NOW(6) WHERE config = %s AND status = %s "
+            f"AND live = {LIVE} AND (claimed_until IS NULL OR claimed_until < NOW(6)) AND ({' OR '.join(limits)})",
+            (DEAD, config, PARKED),
+        )
+        return int(cursor.rowcount)
+
+    def purge(
+        self, config: str, statuses: Sequence[str] = (DELIVERED, RESOLVED), ids: Sequence[int] | None = None
+    ) -> int:
+        """Delete items of a config in the given statuses, and their attempts; claimed items stay."""
+        where = f"config = %s AND status IN ({_marks(statuses)}) AND (claimed_until IS NULL OR claimed_until < NOW(6))"
+        if ids is not None:
+            if not ids:
+                return 0
+            where += f" AND id IN ({', '.join(literal_int(i) for i in ids)})"
+        deleted = 0
+        while True:
+            found = self._execute(
+                f"SELECT id FROM {self.table} WHERE {where} ORDER BY id LIMIT 5000", [config, *statuses]
+            ).fetchall()
+            if not found:
+                return deleted
+            id_list = ", ".join(literal_int(int(r[0])) for r in found)
+
+            def delete(id_list: str = id_list) -> int:
+                self._execute(f"DELETE FROM {self.attempt_table} WHERE item_id IN ({id_list})")
+                return int(self._execute(f"DELETE FROM {self.table} WHERE id IN ({id_list})").rowcount)
+
+            deleted += self._transaction(delete)
+
+    # -- reading ----------------------------------------------------------------------------------
+    def counts(self, config: str, destinations: Iterable[str] | None = None) -> dict[str, Any]:
+        """Items by status (all destinations, and per destination), oldest pending and parked ages.
+
+        With ``destinations`` (the configured ones), items of any other destination are counted
+        as ``orphaned``: no dispatcher sends them.
+        """
+        rows = self._execute(
+            "SELECT destination, status, COUNT(*), TIMESTAMPDIFF(SECOND, MIN(queued_at), NOW(6)), "
+            "SUM(claimed_until IS NOT NULL AND claimed_until >= NOW(6)) "
+            f"FROM {self.table} WHERE config = %s GROUP BY destination, status",
+            (config,),
+        ).fetchall()
+        counts: dict[str, Any] = dict.fromkeys(STATUSES, 0)
+        oldest: dict[str, int] = {}
+        per_destination: dict[str, dict[str, int]] = {}
+        claimed = 0
+        for destination, status, count, age, held in rows:
+            name, state = destination.decode(), status.decode()
+            counts[state] += int(count)
+            per_destination.setdefault(name, dict.fromkeys(STATUSES, 0))[state] = int(count)
+            claimed += int(held or 0)
+            if age is not None:
+                oldest[state] = max(oldest.get(state, 0), int(age))
+        counts["claimed"] = claimed
+        counts["oldestParkedSecond"] = oldest.get(PARKED)
+        counts["oldestPendingSecond"] = oldest.get(PENDING)
+        counts["destinations"] = per_destination
+        if destinations is not None:
+            known = set(destinations)
+            orphaned = {
+                name: sum(c for s, c in by_status.items() if s in UNDELIVERED)
+                for name, by_status in per_destination.items()
+                if name not in known
+            }
+            counts["orphaned"] = {name: n for name, n in orphaned.items() if n}
+        return counts
+
+    def pending(self, config: str) -> int:
+        """How many items of the config wait for the sync DAG's delivery (pending)."""
+        return int(
+            self._execute(
+                f"SELECT COUNT(*) FROM {self.table} WHERE config = %s AND status = %s AND live = {LIVE}",
+                (config, PENDING),
+            ).fetchone()[0]
+        )
+
     def items(
         self,
         config: str,
@@ -155,144 +660,151 @@ class DeliveryStore(LazyConnection):
         after_id: int = 0,
         limit: int = 1000,
     ) -> list[StoredItem]:
-        """Items of a config in the given statuses, oldest first."""
+        """Items of a config in the given statuses, oldest first (keyset paging by ``after_id``)."""
         statuses = tuple(statuses)
-        where = [
-            "config = %s",
-            f"status IN ({', '.join(['%s'] * len(statuses))})",
-            f"id > {literal_int(after_id)}",
-        ]
+        where = [f"config = %s AND status IN ({_marks(statuses)}) AND id > {literal_int(after_id)}"]
         args: list[Any] = [config, *statuses]
         if destination is not None:
             where.append("destination = %s")
             args.append(destination)
-        cursor = self._execute(
-            "SELECT id, config, destination, row_key, idempotency_key, type, body, status, attempts, "
-            f"last_http_status, last_error, detected_at FROM {self.table} WHERE {' AND '.join(where)} "
+        rows = self._execute(
+            f"SELECT {_ITEM_COLUMNS} FROM {self.table} WHERE {' AND '.join(where)} "
             f"ORDER BY id LIMIT {literal_int(limit)}",
             args,
-        )
+        ).fetchall()
+        return [_stored_item(r) for r in rows]
+
+    def attempts_of(self, item_id: int, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest attempts of one item: when, the body sent, its key, the answer."""
+        rows = self._execute(
+            "SELECT sent_at, ok, type, idempotency_key, http_status, error, body, body_cut, elapsed_ms "
+            f"FROM {self.attempt_table} WHERE item_id = {literal_int(item_id)} "
+            f"ORDER BY id DESC LIMIT {literal_int(limit)}"
+        ).fetchall()
         return [
-            StoredItem(
-                id=int(r[0]),
-                config=r[1].decode(),
-                destination=r[2].decode(),
-                row_key=r[3],
-                idempotency_key=r[4].decode(),
-                type=int(r[5]),
-                body=r[6],
-                status=r[7].decode(),
-                attempts=int(r[8]),
-                last_http_status=None if r[9] is None else int(r[9]),
-                last_error=None if r[10] is None else r[10].decode("utf-8", "replace"),
-                detected_at=r[11].decode(),
-            )
-            for r in cursor.fetchall()
+            {
+                "sentAt": r[0].decode(),
+                "ok": int(r[1]) == 1,
+                "type": int(r[2]),
+                "idempotencyKey": r[3].decode(),
+                "httpStatus": None if r[4] is None else int(r[4]),
+                "error": None if r[5] is None else r[5].decode("utf-8", "replace"),
+                "body": r[6].decode("utf-8", "replace"),
+                "bodyCut": int(r[7]) == 1,
+                "elapsedMs": int(r[8]),
+            }
+            for r in rows
         ]
 
-    def mark_delivered(self, ids: Sequence[int], http_status: int | None = None) -> None:
-        """Mark items delivered (a 2xx answer, ``http_status``)."""
-        status = "NULL" if http_status is None else literal_int(http_status)
-        self._set_status(
-            ids,
-            DELIVERED,
-            extra=f", delivered_at = NOW(6), attempts = attempts + 1, last_http_status = {status}, last_error = NULL",
-        )
-
-    def mark_resolved(self, ids: Sequence[int]) -> None:
-        """Mark items resolved: the destination caught up before anything was sent."""
-        self._set_status(ids, RESOLVED, extra=", last_error = NULL")
-
-    def record_failure(self, item_id: int, http_status: int | None, error: str) -> None:
-        """Count a failed attempt on an item and keep the reason."""
-        self._execute(
-            f"UPDATE {self.table} SET attempts = attempts + 1, last_http_status = %s, last_error = %s, "
-            f"updated_at = NOW(6) WHERE id = {literal_int(item_id)}",
-            (None if http_status is None else str(http_status), error[:1024]),
-        )
-
-    def park(self, config: str, ids: Sequence[int] | None = None, *, destination: str | None = None) -> int:
-        """Move pending items (all of a config or of one destination, or the given ones) into the failure pool."""
-        if destination is None:
-            return self._move(config, (PENDING,), PARKED, ids)
-        where, args = self._where(config, (PENDING,), ids)
-        cursor = self._execute(
-            f"UPDATE {self.table} SET status = %s, updated_at = NOW(6) WHERE {where} AND destination = %s",
-            [PARKED, *args, destination],
-        )
-        return int(cursor.rowcount)
-
-    def requeue(self, config: str, ids: Sequence[int] | None = None, statuses: Sequence[str] = (DEAD,)) -> int:
-        """Put items back into the failure pool (from dead, by default) with a fresh attempt count and age."""
-        where, args = self._where(config, statuses, ids)
-        cursor = self._execute(
-            f"UPDATE {self.table} SET status = %s, attempts = 0, queued_at = NOW(6), updated_at = NOW(6) WHERE {where}",
-            [PARKED, *args],
-        )
-        return int(cursor.rowcount)
-
-    def kill(self, config: str, ids: Sequence[int]) -> int:
-        """Move parked items to the dead state (too old or too many attempts)."""
-        return self._move(config, (PARKED,), DEAD, ids)
-
-    def expire(self, config: str, *, max_attempts: int | None, max_age_second: int | None) -> int:
-        """Move parked items with too many attempts or too old to the dead state."""
-        limits = []
-        if max_attempts is not None:
-            limits.append(f"attempts >= {literal_int(max_attempts)}")
-        if max_age_second is not None:
-            limits.append(f"queued_at < NOW(6) - INTERVAL {literal_int(max_age_second)} SECOND")
-        if not limits:
-            return 0
-        cursor = self._execute(
-            f"UPDATE {self.table} SET status = %s, updated_at = NOW(6) WHERE config = %s AND status = %s "
-            f"AND ({' OR '.join(limits)})",
-            (DEAD, config, PARKED),
-        )
-        return int(cursor.rowcount)
-
-    def purge(
-        self, config: str, statuses: Sequence[str] = (DELIVERED, RESOLVED), ids: Sequence[int] | None = None
-    ) -> int:
-        """Delete items of a config in the given statuses."""
-        where, args = self._where(config, statuses, ids)
-        return int(self._execute(f"DELETE FROM {self.table} WHERE {where}", args).rowcount)
-
-    def counts(self, config: str) -> dict[str, Any]:
-        """Items by status and the age in seconds of the oldest parked item."""
-        cursor = self._execute(
-            f"SELECT status, COUNT(*), TIMESTAMPDIFF(SECOND, MIN(detected_at), NOW(6)) FROM {self.table} "
-            "WHERE config = %s GROUP BY status",
-            (config,),
-        )
-        counts: dict[str, Any] = dict.fromkeys(STATUSES, 0)
-        oldest: dict[str, int | None] = {}
-        for status, count, age in cursor.fetchall():
-            counts[status.decode()] = int(count)
-            oldest[status.decode()] = None if age is None else int(age)
-        counts["oldestParkedSecond"] = oldest.get(PARKED)
-        counts["oldestPendingSecond"] = oldest.get(PENDING)
-        return counts
-
     # -- helpers ------------------------------------------------------------------------------
-    def _where(self, config: str, statuses: Sequence[str], ids: Sequence[int] | None) -> tuple[str, list[Any]]:
-        where = f"config = %s AND status IN ({', '.join(['%s'] * len(statuses))})"
-        if ids is not None:
-            where += f" AND id IN ({', '.join(literal_int(i) for i in ids) or 'NULL'})"
-        return where, [config, *statuses]
+    def _transaction(self, work: Callable[[], Any], tries: int = 4) -> Any:
+        """Run ``work`` in one transaction; a deadlock or lock wait timeout runs it again."""
+        for attempt in range(tries):
+            conn = self.conn
+            try:
+                conn.begin()
+                result = work()
+                conn.commit()
+                return result
+            except Exception as err:
+                with contextlib.suppress(Exception):
+                    conn.rollback()
+                if _code(err) in RETRYABLE_ERRORS and attempt + 1 < tries:
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                self.close()
+                raise
+        raise AssertionError("unreachable")
 
-    def _move(self, config: str, from_statuses: Sequence[str], to_status: str, ids: Sequence[int] | None) -> int:
-        where, args = self._where(config, from_statuses, ids)
-        cursor = self._execute(
-            f"UPDATE {self.table} SET status = %s, updated_at = NOW(6) WHERE {where}", [to_status, *args]
-        )
-        return int(cursor.rowcount)
 
-    def _set_status(self, ids: Sequence[int], status: str, extra: str = "") -> None:
-        if not ids:
-            return
-        id_list = ", ".join(literal_int(i) for i in ids)
-        self._execute(
-            f"UPDATE {self.table} SET status = %s, updated_at = NOW(6){extra} WHERE id IN ({id_list})",
-            (status,),
-        )
+def _missing_columns(schema: str, columns: set[str]) -> list[str]:
+    """Definitions of the schema's columns that a table lacks."""
+    definitions = [line.strip().rstrip(",") for line in schema.splitlines() if line.startswith("  ")]
+    return [
+        d for d in definitions if not d.startswith(("UNIQUE", "KEY", "PRIMARY")) and d.split()[0].lower() not in columns
+    ]
+
+
+def _marks(values: Sequence[Any]) -> str:
+    if not values:
+        raise ValueError("at least one status is needed")
+    return ", ".join(["%s"] * len(values))
+
+
+def _code(err: BaseException) -> int | None:
+    args = getattr(err, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def _split_columns(value: bytes | None) -> tuple[str, ...]:
+    return tuple(value.decode().split(",")) if value else ()
+
+
+def _stored_form(detection: Detection, poison: str | None = None) -> tuple[tuple[Any, ...], str]:
+    """The row to insert for a detection, and whether it is ``full``, ``reduced`` or ``dead``."""
+    key = detection.key
+    differences: bytes | None = None
+    notes: list[str] = []
+    kind = "full"
+    if poison is None and len(key) > KEY_CAP:
+        poison = f"key of {len(key)} bytes is longer than {KEY_CAP} bytes: kept cut, with the whole key's hash"
+    if poison is None:
+        document = differences_json(detection.differences)
+        if document is not None:
+            differences = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            if len(differences) > DIFFERENCES_CAP:
+                notes.append(f"differences of {len(differences)} bytes not kept (over {DIFFERENCES_CAP})")
+                differences, kind = None, "reduced"
+    else:
+        notes.append(poison)
+        kind = "dead"
+    source_id = detection.source_id
+    if source_id is not None and not -(10**20) < source_id < 10**20:
+        notes.append(f"source id {source_id} not kept (over 20 digits)")
+        source_id = None
+        kind = "reduced" if kind == "full" else kind
+    dead = kind == "dead"
+    row = (
+        detection.config,
+        detection.destination,
+        key_hash(key, detection.key_columns),
+        key[:KEY_CAP],
+        ",".join(detection.key_columns) or None,
+        detection.type,
+        detection.origin,
+        source_id,
+        differences,
+        "; ".join(notes)[:ERROR_CAP] or None,
+        DEAD if dead else PENDING,
+        POISONED if dead else LIVE,
+    )
+    return row, kind
+
+
+def _stored_item(r: tuple[Any, ...]) -> StoredItem:
+    def text(value: bytes | None) -> str | None:
+        return None if value is None else value.decode("utf-8", "replace")
+
+    return StoredItem(
+        id=int(r[0]),
+        config=r[1].decode(),
+        destination=r[2].decode(),
+        row_key=r[3],
+        key_columns=_split_columns(r[4]),
+        type=int(r[5]),
+        origin=r[6].decode(),
+        source_id=None if r[7] is None else int(r[7]),
+        status=r[8].decode(),
+        revision=int(r[9]),
+        attempts=int(r[10]),
+        claimed=bool(int(r[11] or 0)),
+        idempotency_key=text(r[12]),
+        last_http_status=None if r[13] is None else int(r[13]),
+        last_error=text(r[14]),
+        note=text(r[15]),
+        differences=None if r[16] is None else json.loads(r[16]),
+        detected_at=r[17].decode(),
+        queued_at=r[18].decode(),
+        updated_at=r[19].decode(),
+        delivered_at=text(r[20]),
+    )

@@ -12,8 +12,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cupid_airflow.core.compare import DestinationReader, DestinationSpec, Difference
-from cupid_airflow.core.payload import build_body, idempotency_key, row_version
+from cupid_airflow.core.compare import DestinationReader, DestinationSpec, Difference, Lookup
+from cupid_airflow.core.detection import Detection
 from cupid_airflow.core.scan import (
     SourceBatch,
     SourceReader,
@@ -22,7 +22,7 @@ from cupid_airflow.core.scan import (
     window_low,
 )
 from cupid_airflow.core.sql import ConnectionParams, connect, describe_error
-from cupid_airflow.core.store import DeliveryStore, Mismatch
+from cupid_airflow.core.store import DeliveryStore, RecordOutcome
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Iterator, Sequence
@@ -107,7 +107,7 @@ def new_cursor() -> dict[str, Any]:
 class SyncRun:
     """One bounded run of the compare; :meth:`run` returns the run's summary."""
 
-    RECORD_BYTES = 1 << 20  # callback bodies buffered before one recording transaction
+    RECORD_DETECTIONS = 5000  # detections buffered before one recording transaction
 
     def __init__(
         self,
@@ -126,11 +126,8 @@ class SyncRun:
         self.columns = plan.compared_columns
         self.rows_scanned = {"insert": 0, "update": 0}
         self.null_keys = 0
-        self.vanished = 0
-        self.changed = 0
-        self.recorded = 0
-        self._unrecorded: list[Mismatch] = []
-        self._unrecorded_bytes = 0
+        self.recorded = RecordOutcome()
+        self._unrecorded: list[Detection] = []
         self._local = threading.local()
         self._all_conns: list[Any] = []
         self._conn_lock = threading.Lock()
@@ -185,7 +182,8 @@ class SyncRun:
             before = dict(cursor)
             if self.start_id is not None:
                 cursor.update(insertId=int(self.start_id), recent=[])
-            state = DestinationState(name, spec, DestinationReader(spec, self.columns), cursor, before)
+            reader = DestinationReader(spec, self.columns, key_column=self.plan.by_column)
+            state = DestinationState(name, spec, reader, cursor, before)
             try:
                 conn = self._lookup_connection(name, params)
                 state.reader.lookup(conn, [b""])  # proves the table and columns exist
@@ -270,7 +268,7 @@ class SyncRun:
         plan = self.plan
         deadline = time.monotonic() + plan.max_seconds_per_run
         depth = max(1, plan.lookup_connections)
-        in_flight: deque[tuple[SourceBatch, dict[str, Future[dict[bytes, tuple[bytes | None, ...]]]]]] = deque()
+        in_flight: deque[tuple[SourceBatch, dict[str, Future[Lookup]]]] = deque()
         scanned = 0
         exhausted = True
         try:
@@ -293,7 +291,7 @@ class SyncRun:
             log.info("%s scan stopped by its budget after %d rows; the next run continues", phase, scanned)
         return exhausted and all(s.healthy for s in states)
 
-    def _lookup(self, state: DestinationState, keys: list[bytes]) -> dict[bytes, tuple[bytes | None, ...]]:
+    def _lookup(self, state: DestinationState, keys: list[bytes]) -> Lookup:
         params = self.plan.destinations[state.name][0]
         return state.reader.lookup(self._lookup_connection(state.name, params), keys)
 
@@ -301,7 +299,7 @@ class SyncRun:
         self,
         phase: str,
         batch: SourceBatch,
-        futures: dict[str, Future[dict[bytes, tuple[bytes | None, ...]]]],
+        futures: dict[str, Future[Lookup]],
         states: Sequence[DestinationState],
         skip_for: Callable[[DestinationState, SourceBatch], list[bool] | None],
         advance: Callable[[DestinationState, SourceBatch], None],
@@ -340,68 +338,25 @@ class SyncRun:
                 advance(state, batch)
 
     def _record(self, batch: SourceBatch, found: dict[str, list[Difference]]) -> None:
-        wanted = sorted({batch.ids[d.index] for diffs in found.values() for d in diffs})
-        if not wanted:
-            return
-        full_rows = self.source.full_rows(wanted)
-        mismatches: list[Mismatch] = []
+        """Buffer the batch's mismatches as detections; they are recorded before any cursor moves."""
+        config = self.plan.config
         for name, diffs in found.items():
             state = self.states[name]
             for diff in diffs:
-                source_id = batch.ids[diff.index]
-                row = full_rows.get(source_id)
                 key = batch.keys[diff.index]
-                if row is None or key is None:
-                    self.vanished += 1  # deleted since it was read: nothing left to send
+                if key is None:
                     continue
-                mismatch = self._mismatch(state, diff, source_id, key, row)
-                if mismatch is None:
-                    self.changed += 1  # changed since it was read: a later scan sees the new version
-                    continue
-                mismatches.append(mismatch)
+                source_id = batch.ids[diff.index]
+                self._unrecorded.append(Detection(config, name, key, diff.type, source_id, diff.differences or None))
                 state.mismatched.setdefault(diff.type, set()).add(source_id)
-        self._unrecorded.extend(mismatches)
-        self._unrecorded_bytes += sum(len(m.body) for m in mismatches)
-        if self._unrecorded_bytes >= self.RECORD_BYTES:
+        if len(self._unrecorded) >= self.RECORD_DETECTIONS:
             self._flush()
 
-    def _mismatch(
-        self, state: DestinationState, diff: Difference, source_id: int, key: bytes, row: dict[str, bytes | None]
-    ) -> Mismatch | None:
-        """The mismatch to record, judged on the whole row as it is now; None if the row changed meanwhile."""
-        names = {column.lower(): column for column in row}
-        key_column = names.get(self.plan.by_column.lower())
-        if key_column is None or row[key_column] != key:
-            return None
-        differences: dict[str, tuple[bytes | None, bytes | None]] = {}
-        if diff.actual is not None:
-            for n, column in enumerate(state.reader.source_columns):
-                name = names[column.lower()]
-                if row[name] != diff.actual[n]:
-                    differences[name] = (row[name], diff.actual[n])
-            if not differences:
-                return None
-        version = row_version(row)
-        idem = idempotency_key(self.plan.config, state.name, key, version)
-        body = build_body(
-            mismatch_type=diff.type,
-            source_row=row,
-            destination=state.name,
-            destination_table=state.spec.table,
-            key_column=key_column,
-            row_key=key,
-            differences=differences or None,
-            detected_at=self.now,
-            idempotency_key=idem,
-        )
-        return Mismatch(self.plan.config, state.name, key, version, idem, diff.type, source_id, body)
-
     def _flush(self) -> None:
-        """Record buffered mismatches in one transaction (cursors are saved only after this)."""
+        """Record buffered detections in one transaction (cursors are saved only after this)."""
         if self._unrecorded:
             self.recorded += self.store.record(self._unrecorded)
             self._unrecorded = []
-            self._unrecorded_bytes = 0
 
     # -- connections --------------------------------------------------------------------------
     def _lookup_connection(self, name: str, params: ConnectionParams) -> Any:
@@ -441,9 +396,10 @@ class SyncRun:
             "sourceNow": self.now,
             "rowsScanned": dict(self.rows_scanned),
             "nullKeys": self.null_keys,
-            "recorded": self.recorded,
-            "vanished": self.vanished,
-            "changedWhileRead": self.changed,
+            "recorded": self.recorded.new,
+            "superseded": self.recorded.superseded,
+            "recordedReduced": self.recorded.reduced,
+            "recordedDead": self.recorded.dead,
             "newestId": newest_id,
             "newestUpdate": newest_update,
             "caughtUp": complete,

@@ -21,94 +21,168 @@ class CallbackDeliveryError(RuntimeError):
 
 
 class CallbackOperator(BaseOperator):
-    """POST every undelivered mismatch of a cupid config to its destination's callback.
+    """POST every live mismatch of a cupid config to its destination's callback.
 
-    In the sync DAG (``failure_pool=False``) it sends pending items; Airflow
-    retries give the short retry, and after the last try what still fails is
-    parked in the failure pool and the task fails. In the failure-pool DAG
-    (``failure_pool=True``) it retries parked items, oldest first, until they
-    are delivered.
+    Each item is judged again on the rows as they are when it is sent, and the body is built
+    from the current source row (see ``core.dispatch``). In the sync DAG (``failure_pool=False``)
+    it sends pending items; Airflow retries give the short retry, and after the last try what
+    still fails is parked in the failure pool and the task fails. A destination whose circuit is
+    open (it failed through every try, or kept failing) has its new items parked at once, without
+    retries, until a probe gets through. In the failure-pool DAG (``failure_pool=True``) it
+    retries parked items, oldest first, and probes open circuits.
 
     :param config_path: path of the cupid config file (JSON or YAML).
     :param failure_pool: drain the failure pool instead of sending pending items.
-    :param max_seconds: stop after this long; what is left waits for the next run.
+    :param max_seconds: no callback starts after this long; what is left waits for the next run.
+    :param lease_second: how long a claim on an item holds while it is worked on (renewed as
+        work goes); a killed task's items wait this long before another dispatcher takes them.
     """
 
     template_fields: Sequence[str] = ("config_path",)
     ui_color = "#fdf2e8"
 
     def __init__(
-        self, *, config_path: str, failure_pool: bool = False, max_seconds: float = 600.0, **kwargs: Any
+        self,
+        *,
+        config_path: str,
+        failure_pool: bool = False,
+        max_seconds: float = 600.0,
+        lease_second: float = 60.0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.config_path = config_path
         self.failure_pool = failure_pool
         self.max_seconds = max_seconds
+        self.lease_second = lease_second
 
     def execute(self, context: Context) -> dict[str, Any]:
         from cupid_airflow.connections import resolve_connection
-        from cupid_airflow.core.config import load_config
-        from cupid_airflow.core.dispatch import dispatch, park_failures
+        from cupid_airflow.core.destinations import DestinationRegistry
+        from cupid_airflow.core.dispatch import DispatchError, DispatchSettings, dispatch, still_failing
         from cupid_airflow.core.store import PARKED, PENDING, DeliveryStore
+        from cupid_airflow.operators.common import load_config_or_fail
 
-        config = load_config(self.config_path)
-        store = DeliveryStore(resolve_connection(config.state_connection))
+        config = load_config_or_fail(self.config_path)
+        state = resolve_connection(config.state_connection)
+        store = DeliveryStore(state)
+        registry = DestinationRegistry(state)
+        ti = context["ti"]
+        last_try = ti.try_number > (ti.max_tries or 0)
+        database_error = None
         try:
             store.ensure_schema()
-            statuses = (PARKED,) if self.failure_pool else (PENDING,)
+            identities = registry.identities(config.name, config.destination_keys)
+            routes = self._routes(config, identities)
             if self.failure_pool:
                 self._expire(config, store, context)
-            outcomes = dispatch(store, config.name, self._routes(config), statuses, max_seconds=self.max_seconds)
+            settings = DispatchSettings(
+                statuses=(PARKED,) if self.failure_pool else (PENDING,),
+                max_seconds=self.max_seconds,
+                lease_second=self.lease_second,
+                probe=self.failure_pool,
+                # a retry of this task instance takes over the claims its failed try left behind
+                claimant=f"{ti.dag_id}/{ti.task_id}/{ti.run_id}/{getattr(ti, 'map_index', -1)}",
+            )
+            try:
+                outcomes = dispatch(state, config.name, routes, settings)
+            except DispatchError as err:
+                outcomes, database_error = err.outcomes, str(err)
             failed = sorted(i for o in outcomes.values() for i in o.failed)
+            if not self.failure_pool:
+                failed = still_failing(outcomes)  # an open circuit's items are parked, not retried
             summary: dict[str, Any] = {
                 "config": config.name,
                 "mode": "failure_pool" if self.failure_pool else "sync",
-                "tryNumber": context["ti"].try_number,
+                "tryNumber": ti.try_number,
+                "lastTry": last_try,
                 "destinations": {name: o.as_dict() for name, o in outcomes.items()},
             }
-            retries = self.retries or 0
-            last_try = context["ti"].try_number > retries
-            if failed and not self.failure_pool and last_try:
-                parked = park_failures(store, config.name, outcomes)
-                summary["parked"] = parked
-                self.log.error("parked %d item(s) in the failure pool after the last try", parked)
-                self._alert(
-                    config,
-                    "parked",
-                    f"{parked} callback(s) still failing after {retries + 1} "
-                    f"tries were parked in the failure pool ({config.failure_pool_dag_id} retries them)",
-                    summary,
-                    context,
-                )
-            summary["store"] = store.counts(config.name)
+            if not self.failure_pool:
+                summary["parked"] = self._park(config, store, registry, routes, outcomes, last_try, context)
+            summary["store"] = store.counts(config.name, identities)
         finally:
             store.close()
+            registry.close()
         from cupid_airflow.metrics import delivery_metrics, publish
 
         publish(delivery_metrics(summary))
         self.log.info("cupid delivery summary: %s", json.dumps(summary, sort_keys=True))
-        if failed:
-            context["ti"].xcom_push(key="return_value", value=summary)
+        if failed or database_error:
+            ti.xcom_push(key="return_value", value=summary)
             errors = [e for o in outcomes.values() for e in o.errors][-3:]
             raise CallbackDeliveryError(
-                f"{len(failed)} callback(s) failed and stay recorded"
-                + ("" if self.failure_pool or not last_try else ", now parked in the failure pool")
+                (f"{len(failed)} callback(s) failed and stay recorded" if failed else "delivery stopped")
+                + ("" if self.failure_pool or not last_try or not failed else ", now parked in the failure pool")
+                + (f"; database: {database_error}" if database_error else "")
                 + (f"; last errors: {'; '.join(errors)}" if errors else "")
             )
         return summary
 
-    def _routes(self, config: CupidConfig) -> list[Route]:
+    def _park(
+        self,
+        config: CupidConfig,
+        store: Any,
+        registry: Any,
+        routes: list[Route],
+        outcomes: dict[str, Any],
+        last_try: bool,
+        context: Context,
+    ) -> int:
+        """Park what the sync DAG will not retry: open circuits' backlogs, and failures after the last try."""
+        from cupid_airflow.core.dispatch import after_try
+
+        cooldowns = {r.destination: r.target.breaker_cooldown_second for r in routes}
+        parked = after_try(store, registry, config.name, outcomes, last_try=last_try, cooldown_second=cooldowns)
+        if parked.by_circuit:
+            self.log.warning("parked %d item(s) of destinations whose circuit is open", parked.by_circuit)
+        if parked.after_last_try:
+            self.log.error("parked %d item(s) in the failure pool after the last try", parked.after_last_try)
+        if parked.opened:
+            errors = {n: (outcomes[n].errors or ["failing"])[-1] for n in parked.opened}
+            self._alert(
+                config,
+                "parked",
+                f"{parked.total} callback(s) parked in the failure pool: the receiver of "
+                + ", ".join(f"{n} ({e})" for n, e in errors.items())
+                + f" keeps failing; its new items are parked until {config.failure_pool_dag_id} gets through",
+                {"parked": parked.total, "destinations": sorted(parked.opened)},
+                context,
+            )
+        elif parked.after_last_try:
+            self._alert(
+                config,
+                "parked",
+                f"{parked.after_last_try} callback(s) still failing after {context['ti'].try_number} "
+                f"tries were parked in the failure pool ({config.failure_pool_dag_id} retries them)",
+                {"parked": parked.after_last_try},
+                context,
+            )
+        return parked.total
+
+    def _routes(self, config: CupidConfig, identities: list[str]) -> list[Route]:
         from cupid_airflow.connections import resolve_connection
         from cupid_airflow.core.compare import DestinationSpec
         from cupid_airflow.core.dispatch import Route
+        from cupid_airflow.core.judge import JudgeSpec
 
+        source = resolve_connection(config.src)
+        detect_deletes = config.reconcile.enabled and config.reconcile.detect_deletes
         routes = []
-        for name, des in zip(config.destination_names, config.des, strict=False):
-            recheck = None
-            if des.callback_notification.recheck:
-                spec = DestinationSpec(name=name, table=des.table, by_column=des.by_column, columns=dict(des.columns))
-                recheck = (resolve_connection(des), spec)
-            routes.append(Route(name, self._target(config, des), recheck))
+        for name, des in zip(identities, config.des, strict=True):
+            spec = DestinationSpec(name=name, table=des.table, by_column=des.by_column, columns=dict(des.columns))
+            judge = JudgeSpec(
+                config=config.name,
+                destination=name,
+                source=source,
+                table=config.src.table,
+                id_column=config.src.id_column,
+                by_column=config.src.by_column,
+                target=resolve_connection(des),
+                spec=spec,
+                detect_deletes=detect_deletes,
+            )
+            routes.append(Route(name, self._target(config, des), judge))
         return routes
 
     def _target(self, config: CupidConfig, des: Destination) -> Any:

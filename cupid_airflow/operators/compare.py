@@ -35,13 +35,13 @@ class MySqlCompareOperator(BaseOperator):
         self.start_id = start_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from cupid_airflow.connections import build_sync_plan, resolve_connection
-        from cupid_airflow.core.config import load_config
+        from cupid_airflow.connections import build_sync_plan, destination_identities, resolve_connection
         from cupid_airflow.core.store import DeliveryStore
         from cupid_airflow.core.sync import SyncRun
         from cupid_airflow.cursors import VariableCursorStore
+        from cupid_airflow.operators.common import load_config_or_fail
 
-        config = load_config(self.config_path)
+        config = load_config_or_fail(self.config_path)
         start_id = self.start_id
         if start_id is None:
             # the trigger's conf, not params: a param default must never rescan by itself
@@ -54,7 +54,8 @@ class MySqlCompareOperator(BaseOperator):
             self.log.info("start_id=%d given: every destination rescans new rows from id %d", start_id, start_id)
         store = DeliveryStore(resolve_connection(config.state_connection))
         try:
-            summary = SyncRun(build_sync_plan(config), VariableCursorStore(config.name), store, start_id=start_id).run()
+            plan = build_sync_plan(config, destination_identities(config))
+            summary = SyncRun(plan, VariableCursorStore(config.name), store, start_id=start_id).run()
         finally:
             store.close()
         for name, destination in summary["destinations"].items():

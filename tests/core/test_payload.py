@@ -37,10 +37,11 @@ def _body(source_row: Mapping[str, bytes | None], **overrides: Any) -> bytes:
         "row_key": source_row.get("id", b"7"),
         "differences": None,
         "detected_at": "2025-01-02T03:04:05.000006+00:00",
-        "idempotency_key": "k" * 64,
+        "config": "user",
+        "item_id": 41,
     }
     arguments.update(overrides)
-    return build_body(**arguments)
+    return build_body(**arguments).body
 
 
 def test_null_empty_and_null_text_stay_distinct() -> None:
@@ -72,7 +73,7 @@ def test_original_fields_and_extras() -> None:
     assert document["keyColumn"] == "id"
     assert document["key"] == "7"
     assert document["detectedAt"] == "2025-01-02T03:04:05.000006+00:00"
-    assert document["idempotencyKey"] == "k" * 64
+    assert len(document["idempotencyKey"]) == 64
     assert b" " not in body
 
 
@@ -150,20 +151,68 @@ def test_row_version_is_unambiguous() -> None:
 
 
 def test_idempotency_key_is_stable_and_distinct() -> None:
-    version = row_version({"id": b"7"})
-    key = idempotency_key("user", "des0", b"7", version)
+    digest = b"\x01" * 32
+    key = idempotency_key("user", "des0", b"7", 41, digest)
     assert len(key) == 64
-    assert idempotency_key("user", "des0", b"7", version) == key
+    assert idempotency_key("user", "des0", b"7", 41, digest) == key
     others = {
-        idempotency_key("user", "des1", b"7", version),
-        idempotency_key("users", "des0", b"7", version),
-        idempotency_key("user", "des0", b"8", version),
-        idempotency_key("user", "des0", b"7", row_version({"id": b"8"})),
-        idempotency_key("use", "rdes0", b"7", version),
-        idempotency_key("user", "des", b"07", version),
+        idempotency_key("user", "des1", b"7", 41, digest),
+        idempotency_key("users", "des0", b"7", 41, digest),
+        idempotency_key("user", "des0", b"8", 41, digest),
+        idempotency_key("user", "des0", b"7", 42, digest),
+        idempotency_key("user", "des0", b"7", 41, b"\x02" * 32),
+        idempotency_key("use", "rdes0", b"7", 41, digest),
+        idempotency_key("user", "des", b"07", 41, digest),
     }
     assert key not in others
-    assert len(others) == 6
+    assert len(others) == 7
+
+
+def test_the_key_names_the_body_and_the_item() -> None:
+    row = {"id": b"7", "name": b"Ann"}
+    first = build_body(
+        config="user", item_id=41, mismatch_type=1, source_row=row, destination="des0",
+        destination_table="user_copy", key_column="id", row_key=b"7", differences=None, detected_at="t",
+    )
+    again = build_body(
+        config="user", item_id=41, mismatch_type=1, source_row=dict(row), destination="des0",
+        destination_table="user_copy", key_column="id", row_key=b"7", differences=None, detected_at="t",
+    )
+    newer = build_body(
+        config="user", item_id=41, mismatch_type=1, source_row={**row, "name": b"Anne"}, destination="des0",
+        destination_table="user_copy", key_column="id", row_key=b"7", differences=None, detected_at="t",
+    )
+    redetected = build_body(
+        config="user", item_id=42, mismatch_type=1, source_row=row, destination="des0",
+        destination_table="user_copy", key_column="id", row_key=b"7", differences=None, detected_at="t",
+    )
+    assert first == again
+    assert json.loads(first.body)["idempotencyKey"] == first.idempotency_key
+    assert len({first.idempotency_key, newer.idempotency_key, redetected.idempotency_key}) == 3
+
+
+# Persisted formats: a change to any of these values is a migration of every store (see docs/architecture.md).
+def test_row_version_known_value() -> None:
+    assert row_version({"id": b"7", "name": "Zoë".encode(), "note": None}) == "6692cb522e5478276fd75ec05e22fcdf89dca0f4"
+
+
+def test_idempotency_key_known_value() -> None:
+    key = idempotency_key("user", "des0", b"u-7", 41, bytes(range(32)))
+    assert key == "6a094dc21425d09e2899c1c8d4cb3ca1130b89aca922f5f63a8a44a03743c613"
+
+
+def test_key_hash_known_values() -> None:
+    from cupid_airflow.core.detection import key_hash
+
+    # a single key's hash is plain sha256, which the 0.1 store migration computes in SQL (SHA2)
+    assert key_hash(b"u-7").hex() == "bf9023e0fc14f272cb98cf9d5c5f3e5cc4dc81206799b0b977c681738d7308b3"
+    composite = key_hash(b'["a",null]', ("a", "b")).hex()
+    assert composite == "afc9703cd474669ff0b0ab8886c68c5436cf14011d6d1d55985ce8f00d25bd8f"
+
+
+def test_a_signature_header_that_is_not_ascii_does_not_verify() -> None:
+    body = _body({"id": b"7"})
+    assert not verify_signature(body, "s3cret", "sha256=é" + "0" * 63)
 
 
 def test_signature_verifies_and_detects_tampering() -> None:

@@ -23,15 +23,20 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from cupid_airflow.core.compare import DestinationSpec
+from cupid_airflow.core.delivery import CallbackTarget
+from cupid_airflow.core.dispatch import Route, dispatch
+from cupid_airflow.core.judge import JudgeSpec
 from cupid_airflow.core.scan import ScanError
 from cupid_airflow.core.sql import ConnectionParams
 from cupid_airflow.core.store import PENDING, STATUSES, DeliveryStore, StoredItem
 from cupid_airflow.core.sync import MemoryCursorStore, SyncPlan, SyncRun
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from conftest import MariaDB
+
+    from tests.support.receivers import Receiver
 
 pytestmark = pytest.mark.integration
 
@@ -237,7 +242,7 @@ PLANTED_ROWS: list[tuple[int, tuple[Any, ...], tuple[Any, ...] | None, int | Non
 
 
 def test_planted_missing_and_different_rows_are_found_with_types_and_bodies(
-    mariadb: MariaDB, fresh_database: str, store: DeliveryStore
+    mariadb: MariaDB, fresh_database: str, store: DeliveryStore, receivers: Callable[..., Receiver]
 ) -> None:
     column_types = (
         "label VARCHAR(64) NULL, note VARCHAR(16) NULL, amount DECIMAL(14,4) NULL, "
@@ -301,7 +306,19 @@ def test_planted_missing_and_different_rows_are_found_with_types_and_bodies(
         ("des0", f"k{i}".encode(), kind, i, PENDING) for i, kind in expected_types.items()
     )
 
-    bodies = {item.row_key.decode(): json.loads(item.body) for item in all_items(store)}
+    # what was seen is recorded with the item; the body is built when it is sent
+    differences = {item.row_key.decode(): item.differences for item in all_items(store)}
+    assert differences["k2"] is None
+    assert differences["k3"] == {"note": {"source": None, "destination": ""}}
+    assert differences["k14"] == {
+        "payload": {"source": {"base64": "//4AAQ=="}, "destination": {"base64": "//4AAg=="}}
+    }
+    receiver = receivers()
+    judge = JudgeSpec(CONFIG, "des0", params, "src", "id", "code", params, spec)
+    route = Route("des0", CallbackTarget(receiver.url), judge)
+    outcomes = dispatch(params, "cmp", [route])
+    assert (outcomes["des0"].delivered, outcomes["des0"].failed) == (11, [])
+    bodies = {json.loads(hit.body)["key"]: json.loads(hit.body) for hit in receiver.hits}
     by_id = {row_id: source for row_id, source, _, _ in PLANTED_ROWS}
 
     def source_text(row_id: int) -> dict[str, str | None]:
@@ -358,8 +375,8 @@ def test_planted_missing_and_different_rows_are_found_with_types_and_bodies(
             "destination": base64.b64encode(b"\xff\xfe\x00\x02").decode(),
         }
     }
-    # the stored body is what is POSTed: UTF-8 JSON, emoji not escaped
-    assert "🎉 party".encode() in next(i.body for i in all_items(store) if i.row_key == b"k9")
+    # the body is UTF-8 JSON, emoji not escaped
+    assert "🎉 party".encode() in next(h.body for h in receiver.hits if b'"key":"k9"' in h.body)
 
 
 def _is_utf8(value: bytes) -> bool:
@@ -531,7 +548,7 @@ def test_row_committed_late_below_the_insert_cursor_is_found(
     late_id, second = late_commit_scenario(mariadb, fresh_database, store, late_commit_second=10)
     assert found(store) == {("des0", b"quick", 1), ("des0", b"late", 1)}
     item = next(i for i in all_items(store) if i.row_key == b"late")
-    assert json.loads(item.body)["srcColumn"]["id"] == str(late_id)
+    assert item.source_id == late_id
     assert second["recorded"] == 1
 
 
@@ -798,7 +815,8 @@ def test_rescanning_the_same_range_records_no_duplicates(
     cursors = MemoryCursorStore()
     first = SyncRun(plan, cursors, store).run()
     assert first["recorded"] == 5
-    before = query(mariadb, fresh_database, "SELECT * FROM cupid_delivery ORDER BY id")
+    items = "SELECT id, row_key, type, status, revision FROM cupid_delivery ORDER BY id"
+    before = query(mariadb, fresh_database, items)
 
     again = SyncRun(plan, cursors, store, start_id=1).run()
     lost_cursor = SyncRun(plan, MemoryCursorStore(), store).run()  # as if the cursor had been lost
@@ -806,8 +824,9 @@ def test_rescanning_the_same_range_records_no_duplicates(
     for summary in (again, lost_cursor):
         assert summary["rowsScanned"]["insert"] == 1000
         assert summary["destinations"]["des0"]["mismatches"] == {"missing": 3, "different": 2}
-        assert summary["recorded"] == 0
-    assert query(mariadb, fresh_database, "SELECT * FROM cupid_delivery ORDER BY id") == before
+        assert (summary["recorded"], summary["superseded"]) == (0, 5)
+    # the same items, each detected three times (a detection of a live item updates it in place)
+    assert query(mariadb, fresh_database, items) == [(i, k, t, s, r + 2) for i, k, t, s, r in before]
 
 
 # -- 10. bounded runs ------------------------------------------------------------------------------

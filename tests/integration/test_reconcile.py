@@ -31,7 +31,6 @@ import pytest
 from cupid_airflow.core import reconcile as reconcile_module
 from cupid_airflow.core.compare import DestinationSpec
 from cupid_airflow.core.config import load_config
-from cupid_airflow.core.payload import idempotency_key, row_version
 from cupid_airflow.core.reconcile import CHECKPOINT_TABLE, ReconcileRun, ReconcileSettings, TableSide
 from cupid_airflow.core.sql import ConnectionParams, connect
 from cupid_airflow.core.store import STATUSES, DeliveryStore, StoredItem
@@ -143,6 +142,42 @@ def all_items(store: DeliveryStore, config: str = CONFIG) -> list[StoredItem]:
 def found(store: DeliveryStore, config: str = CONFIG) -> set[tuple[str, bytes, int]]:
     """(destination, row key, type) of every recorded item."""
     return {(i.destination, i.row_key, i.type) for i in all_items(store, config)}
+
+
+def delivered_bodies(
+    mariadb: MariaDB,
+    source_database: str,
+    destinations: dict[str, tuple[str, DestinationSpec]],
+    store: DeliveryStore,
+    *,
+    config: str = CONFIG,
+    table: str = "src",
+    by_column: str = "code",
+    detect_deletes: bool = True,
+) -> dict[tuple[str, bytes], dict[str, Any]]:
+    """Deliver the recorded items (bodies are built when sent); return the bodies by (destination, key)."""
+    from cupid_airflow.core.delivery import CallbackTarget
+    from cupid_airflow.core.dispatch import Route, dispatch
+    from cupid_airflow.core.judge import JudgeSpec
+    from tests.support.receivers import Receiver
+
+    receiver = Receiver().start()
+    try:
+        source = params_for(mariadb, source_database)
+        routes = [
+            Route(
+                name,
+                CallbackTarget(receiver.url),
+                JudgeSpec(config, name, source, table, "id", by_column, params_for(mariadb, db), spec, detect_deletes),
+            )
+            for name, (db, spec) in destinations.items()
+        ]
+        outcomes = dispatch(store.params, config, routes)
+        assert all(not o.failed for o in outcomes.values()), outcomes
+        bodies = [json.loads(hit.body) for hit in receiver.hits]
+    finally:
+        receiver.stop()
+    return {(b["destination"], b["key"].encode()): b for b in bodies}
 
 
 def checkpoints(mariadb: MariaDB, database: str, config: str = CONFIG) -> int:
@@ -273,31 +308,6 @@ def test_planted_differences_of_every_kind_are_found_exactly_as_incremental_scan
     assert checkpoints(mariadb, db) == 0  # a completed verify leaves no checkpoint
     assert progress.load("des0")["complete"] is True  # type: ignore[index]
 
-    items = {item.row_key: item for item in all_items(store)}
-    source_rows = {r["code"]: r for r in raw_rows(mariadb, db, "SELECT * FROM src")}
-    for key, item in items.items():
-        body = json.loads(item.body)
-        assert body["type"] == item.type
-        assert body["key"] == key.decode()
-        assert body["destination"] == "des0" and body["destinationTable"] == "dst"
-        assert body["keyColumn"] == "code"
-        if item.type in (1, 2):
-            row = source_rows[key]
-            assert body["srcColumn"] == {c: None if v is None else v.decode() for c, v in row.items()}
-            assert item.idempotency_key == idempotency_key(CONFIG, "des0", key, row_version(row))
-    assert "differences" not in json.loads(items[b"k00005"].body)
-    differences = {k: json.loads(i.body).get("differences") for k, i in items.items() if i.type == 2}
-    assert differences[b"k00010"] == {"name": {"source": "name 00010", "destination": "stale"}}
-    assert differences[b"k00011"] == {"name": {"source": "silently changed", "destination": "name 00011"}}
-    assert differences[b"k00012"] == {"note": {"source": None, "destination": ""}}
-    assert differences[b"k00013"] == {"note": {"source": "", "destination": None}}
-    assert differences[b"k00014"] == {"note": {"source": "x", "destination": "NULL"}}
-    assert differences[code(twin_a)] == {"flag": {"source": "0", "destination": "1"}}
-    assert differences[b"k01500"] == {"name": {"source": "name 01500", "destination": "name 01501"}}
-    deleted = json.loads(items[b"k99999"].body)
-    assert deleted["srcColumn"] == {}
-    assert deleted["desColumn"] == {"sku": "k99999", "title": "", "remark": "", "f": "1"}
-
     # the incremental compare reports the same rows with the same idempotency keys: nothing new
     plan = SyncPlan(
         config=CONFIG,
@@ -316,6 +326,34 @@ def test_planted_differences_of_every_kind_are_found_exactly_as_incremental_scan
     again = reconcile(mariadb, db, {"des0": (db, spec)}, store, detect_deletes=True)["destinations"]["des0"]
     assert (again["missing"], again["different"], again["deleted"], again["recorded"]) == (3, 9, 2, 0)
     assert again["resumed"] is False
+
+    # the bodies, built when the items are sent
+    items = {item.row_key: item for item in all_items(store)}
+    source_rows = {r["code"]: r for r in raw_rows(mariadb, db, "SELECT * FROM src")}
+    bodies = {k: b for (_, k), b in delivered_bodies(mariadb, db, {"des0": (db, spec)}, store).items()}
+    assert set(bodies) == set(items)
+    for key, item in items.items():
+        body = bodies[key]
+        assert body["type"] == item.type
+        assert body["key"] == key.decode()
+        assert body["destination"] == "des0" and body["destinationTable"] == "dst"
+        assert body["keyColumn"] == "code"
+        if item.type in (1, 2):
+            row = source_rows[key]
+            assert body["srcColumn"] == {c: None if v is None else v.decode() for c, v in row.items()}
+    assert "differences" not in bodies[b"k00005"]
+    differences = {k: bodies[k].get("differences") for k, i in items.items() if i.type == 2}
+    assert differences[b"k00010"] == {"name": {"source": "name 00010", "destination": "stale"}}
+    assert differences[b"k00011"] == {"name": {"source": "silently changed", "destination": "name 00011"}}
+    assert differences[b"k00012"] == {"note": {"source": None, "destination": ""}}
+    assert differences[b"k00013"] == {"note": {"source": "", "destination": None}}
+    assert differences[b"k00014"] == {"note": {"source": "x", "destination": "NULL"}}
+    assert differences[code(twin_a)] == {"flag": {"source": "0", "destination": "1"}}
+    assert differences[b"k01500"] == {"name": {"source": "name 01500", "destination": "name 01501"}}
+    deleted = bodies[b"k99999"]
+    assert deleted["srcColumn"] == {}
+    # the whole destination row, as it is when the callback is sent
+    assert deleted["desColumn"] == {"sku": "k99999", "title": "", "remark": "", "f": "1", "extra": None}
 
 
 def keys_sql(ids: set[int]) -> str:
@@ -540,13 +578,17 @@ def test_keys_differing_in_case_spaces_or_accents_under_a_ci_collation_are_one_r
         ("des1", b"sp4  ", 2),  # des1 does not compare the key: only the name differs
         ("latin", "caf\u00e98".encode(), 2),
     }
-    bodies = {(i.destination, i.row_key): json.loads(i.body) for i in all_items(store, "planted")}
+    bodies = delivered_bodies(mariadb, db, destinations, store, config="planted")
     assert bodies["des0", b"MiXeD3"]["differences"] == {"code": {"source": "MiXeD3", "destination": "MIXED3"}}
     assert bodies["des0", b"sp4  "]["differences"] == {
         "code": {"source": "sp4  ", "destination": "sp4"},
         "name": {"source": "name 4", "destination": "stale"},
     }
-    assert bodies["des1", b"sp4  "]["differences"] == {"name": {"source": "name 4", "destination": "stale"}}
+    # a key the destination holds in other bytes is named in the differences, whatever the mapping
+    assert bodies["des1", b"sp4  "]["differences"] == {
+        "code": {"source": "sp4  ", "destination": "sp4"},
+        "name": {"source": "name 4", "destination": "stale"},
+    }
     counts = second["destinations"]["des0"]
     assert (counts["missing"], counts["different"], counts["deleted"]) == (0, 3, 0)
     assert second["destinations"]["des1"]["keyBytesOnly"] == 2  # MIXED3 and cafe5: equal but for the key
@@ -630,7 +672,7 @@ def test_destinations_in_another_database_with_integer_composite_or_no_primary_k
         ("ids", b"18446744073709551615", 3),
     }
     item = next(i for i in all_items(store, "ids") if i.row_key == b"17")
-    assert json.loads(item.body)["srcColumn"]["id"] == "17"
+    assert item.source_id == 17
 
 
 # -- 5b. composite keys (reconcile.keyColumns) ---------------------------------------------------------
@@ -712,10 +754,17 @@ def test_composite_key_columns_match_rows_by_the_tuple(
     }
     assert (planted["missing"], planted["different"], planted["deleted"]) == (2, 3, 1)
 
+    # without detectDeletes the extra row is only counted; a second verify records nothing twice
+    again = run(CONFIG)
+    assert (again["missing"], again["different"], again["deleted"], again["extraNotRecorded"]) == (2, 3, 0, 1)
+    assert again["recorded"] == 0
+
+    # the bodies, built when the items are sent
     source_rows = {(r["tenant_id"], r["number"]): r for r in raw_rows(mariadb, db, "SELECT * FROM src_t")}
-    bodies = {}
+    sent = delivered_bodies(mariadb, db, {"des0": (db, TENANT_SPEC)}, store, table="src_t", by_column="number")
+    bodies = {key: body for (_, key), body in sent.items()}
     for item in all_items(store):
-        body = bodies[item.row_key] = json.loads(item.body)
+        body = bodies[item.row_key]
         assert body["type"] == item.type
         assert body["keyColumn"] == "tenant_id,number"
         assert body["key"].encode() == item.row_key  # the stored row key is the JSON text sent
@@ -723,7 +772,6 @@ def test_composite_key_columns_match_rows_by_the_tuple(
         if item.type in (1, 2):
             row = source_rows[tenant.encode(), None if number is None else number.encode()]
             assert body["srcColumn"] == {c: None if v is None else v.decode() for c, v in row.items()}
-            assert item.idempotency_key == idempotency_key(CONFIG, "des0", item.row_key, row_version(row))
     assert json.loads(bodies[tenant_key(2, "n010")]["key"]) == ["2", "n010"]
     assert json.loads(bodies[tenant_key(8, None)]["key"]) == ["8", None]
     assert bodies[tenant_key(3, "n010")]["differences"] == {
@@ -732,12 +780,7 @@ def test_composite_key_columns_match_rows_by_the_tuple(
     assert bodies[twin]["differences"] == {"number": {"source": "n003", "destination": "N003"}}
     deleted = bodies[tenant_key(4, "n010")]
     assert deleted["srcColumn"] == {}
-    assert deleted["desColumn"] == {"tid": "4", "num": "n010", "title": "only here"}
-
-    # without detectDeletes the extra row is only counted; a second verify records nothing twice
-    again = run(CONFIG)
-    assert (again["missing"], again["different"], again["deleted"], again["extraNotRecorded"]) == (2, 3, 0, 1)
-    assert again["recorded"] == 0
+    assert deleted["desColumn"] == {"did": "1024", "tid": "4", "num": "n010", "title": "only here"}  # the whole row
 
 
 def test_composite_key_columns_must_be_mapped_in_every_destination(tmp_path: Path) -> None:

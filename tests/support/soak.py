@@ -7,8 +7,8 @@ One soak is a sequence of rounds driven by one seed. Each round:
 - a lossy *CDC* copies some changed rows to each destination, drops others, replays stale versions,
   lets destination rows drift and deletes some;
 - the *receivers* (one per destination, loopback HTTP servers that, like the owning application,
-  apply the ``srcColumn`` they get to the destination table) answer 2xx, 5xx, time out after
-  applying, or reset the connection, as the round's fault plan says;
+  apply the ``srcColumn`` they get to the destination table) answer 2xx at once or slowly, 5xx,
+  time out after applying, or reset the connection, as the round's fault plan says;
 - cupid runs: a sync run, several dispatchers at once (the sync DAG's ``deliver`` tries, the
   failure-pool drain, a dispatcher in a child process that is SIGKILLed at a random moment), while
   a killer closes random state-database connections.
@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = "soak"
 COLUMNS = {"name": "name", "ver": "ver"}
 CALLBACK_TIMEOUT = 0.6
-MODES = ("ok", "fail", "slow", "reset")
+MODES = ("ok", "lag", "fail", "slow", "reset")
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ class SoakSettings:
     kill_child_every: int = 3  # rounds; 0: never start a child dispatcher
     kill_connections: bool = True
     faults: bool = True
+    cdc_loss: float = 0.5  # share of source changes the CDC never copies to a destination
 
 
 @dataclass
@@ -152,11 +153,15 @@ class ApplyingReceiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 receiver.handle(self, body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a client that gave up (timeouts) or was killed: nothing to report
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/callback/{destination}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -203,8 +208,10 @@ class ApplyingReceiver:
             self._answer(request, 503)
             return
         self._apply(document)
-        if mode == "slow":
+        if mode == "slow":  # applied, but the answer comes after the caller gave up
             time.sleep(CALLBACK_TIMEOUT + 0.4)
+        elif mode == "lag":  # applied, answered in time, slowly
+            time.sleep(CALLBACK_TIMEOUT / 2)
         self._answer(request, 200)
 
     def _apply(self, document: dict[str, Any]) -> None:
@@ -246,6 +253,9 @@ class World:
         self.history: dict[str, list[tuple[str, int]]] = {}  # key -> (name, ver) versions ever written
         self.changed: list[str] = []  # keys changed since the CDC last looked
         self.destinations = [f"d{n}" for n in range(settings.destinations)]
+        # (destination, key) whose destination row was changed by something other than a faithful copy
+        # after the source row last changed: only a full rescan can see those
+        self.dirty: set[tuple[str, str]] = set()
 
     def execute(self, sql: str, args: Any = None) -> Any:
         cur = self.conn.cursor()
@@ -274,8 +284,13 @@ class World:
         self.ver += 1
         version = (f"{key} v{self.ver} {self.rng.choice(['ada', 'bob', 'cy', 'dee'])}", self.ver)
         self.history.setdefault(key, []).append(version)
-        self.changed.append(key)
+        self._source_changed(key)
         return version
+
+    def _source_changed(self, key: str) -> None:
+        self.changed.append(key)
+        for destination in self.destinations:
+            self.dirty.discard((destination, key))
 
     def insert(self) -> None:
         self.next_number += 1
@@ -295,14 +310,15 @@ class World:
             if roll < 0.3 or not keys:
                 self.insert()
             elif roll < 0.9:
-                key = self.rng.choice(keys)
+                # half the updates hit a few hot rows, as real tables have: they change while being repaired
+                key = self.rng.choice(keys[:5] if self.rng.random() < 0.5 else keys)
                 history = self.history.get(key) or []
                 if len(history) >= 2 and self.rng.random() < 0.2:  # back to an earlier name: A -> B -> A
                     name = history[-2][0]
                     self.ver += 1
                     ver = self.ver
                     history.append((name, ver))
-                    self.changed.append(key)
+                    self._source_changed(key)
                 else:
                     name, ver = self._version(key)
                 self.execute("UPDATE src SET name = %s, ver = %s WHERE number = %s", (name, ver, key))
@@ -310,7 +326,7 @@ class World:
                 key = self.rng.choice(keys)
                 self.execute("DELETE FROM src WHERE number = %s", (key,))
                 keys.remove(key)
-                self.changed.append(key)
+                self._source_changed(key)
             done += 1
         return done
 
@@ -327,16 +343,18 @@ class World:
         for destination in self.destinations:
             for key in changed:
                 roll = self.rng.random()
-                if roll < 0.25:
+                if roll < self.settings.cdc_loss:
                     continue  # lost by the CDC
+                roll = self.rng.random()
                 if key not in current:
-                    if roll < 0.8:
+                    if roll < 0.75:
                         self.execute(f"DELETE FROM `{destination}` WHERE number = %s", (key,))
                     continue
                 name, ver = current[key]
                 history = self.history.get(key) or []
-                if roll < 0.35 and len(history) >= 2:  # a stale event applied late
+                if roll < 0.15 and len(history) >= 2:  # a stale event applied late
                     name, ver = self.rng.choice(history[:-1])
+                    self.dirty.add((destination, key))
                 self.execute(
                     f"INSERT INTO `{destination}` (number, name, ver) VALUES (%s, %s, %s) "
                     "ON DUPLICATE KEY UPDATE name = VALUES(name), ver = VALUES(ver)",
@@ -352,19 +370,35 @@ class World:
                     self.execute(f"DELETE FROM `{destination}` WHERE number = %s", (key,))
                 else:
                     self.execute(f"UPDATE `{destination}` SET name = 'drifted' WHERE number = %s", (key,))
+                self.dirty.add((destination, key))
                 report.drifts += 1
 
-    def differences(self) -> list[str]:
-        """Every (destination, key) whose row differs from the source's (keys the source has)."""
+    def differences(self, *, detectable_only: bool = False) -> list[str]:
+        """Every (destination, key) whose row differs from the source's (keys the source has).
+
+        :param detectable_only: only keys an incremental scan must have seen: those whose source
+            row changed after anything else last touched their destination row.
+        """
         out = []
         source = {r[0]: (r[1], int(r[2])) for r in self.execute("SELECT number, name, ver FROM src").fetchall()}
         for destination in self.destinations:
             rows = self.execute(f"SELECT number, name, ver FROM `{destination}`").fetchall()
             held = {r[0]: (r[1], None if r[2] is None else int(r[2])) for r in rows}
             for key, value in source.items():
+                if detectable_only and (destination, key) in self.dirty:
+                    continue
                 if held.get(key) != value:
-                    out.append(f"{destination}/{key}: source {value}, destination {held.get(key)}")
+                    kind = "after incremental scans" if detectable_only else "after a full rescan"
+                    out.append(f"{destination}/{key} ({kind}): source {value}, destination {held.get(key)}")
         return out
+
+    def traffic(self, stop: threading.Event, report: SoakReport) -> None:
+        """The application and the CDC at work while cupid runs: changes, copies, drift."""
+        while not stop.is_set():
+            report.source_changes += self.mutate(self.rng.randint(1, 4))
+            if self.rng.random() < 0.5:
+                self.cdc(report)
+            stop.wait(self.rng.uniform(0.01, 0.08))
 
 
 # -- the cupid side ------------------------------------------------------------------------------------------
@@ -428,7 +462,7 @@ def run_soak(
         admin.cursor().execute(f"DROP DATABASE IF EXISTS `{database}`")
         admin.cursor().execute(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4")
     started = time.monotonic()
-    world = World(server, data, settings, rng)
+    world = World(server, data, settings, random.Random(rng.random()))
     receivers: dict[str, ApplyingReceiver] = {}
     try:
         world.create()
@@ -445,12 +479,20 @@ def run_soak(
                 if settings.kill_connections and rng.random() < 0.5
                 else contextlib.nullcontext()
             )
-            with killer:
-                report.task_failures += _attempt(cupid.sync)
-                _dispatch_round(cupid, settings, rng, report, number)
+            stop = threading.Event()
+            traffic = threading.Thread(target=world.traffic, args=(stop, report))
+            traffic.start()
+            try:
+                with killer:
+                    _cupid_round(cupid, settings, rng, report, number)
+            finally:
+                stop.set()
+                traffic.join()
         for receiver in receivers.values():
             receiver.mode = "ok"
-        _quiesce(cupid, world, report)
+        _quiesce(cupid, report)
+        report.violations += world.differences(detectable_only=True)
+        _full_rescan(cupid, report)
         report.violations += world.differences()
         report.violations += _arrival_violations(receivers)
         report.violations += cupid.store_violations(_arrivals_per_key(receivers))
@@ -476,19 +518,24 @@ def _attempt(step: Callable[[], Any]) -> int:
     return 0
 
 
-def _dispatch_round(cupid: Any, settings: SoakSettings, rng: random.Random, report: SoakReport, number: int) -> None:
-    """The round's dispatchers, all at once: deliver tries, a failure-pool drain, maybe a child to SIGKILL."""
+def _cupid_round(cupid: Any, settings: SoakSettings, rng: random.Random, report: SoakReport, number: int) -> None:
+    """One round of cupid, everything at once: sync runs, deliver tries, a failure-pool drain, maybe a
+    child dispatcher to SIGKILL, while the source and the destinations keep changing."""
     failures: list[int] = []
 
     def deliver() -> None:
         for attempt in range(2):  # two Airflow tries; the last one parks what still fails
-            failed = _attempt(lambda a=attempt: cupid.deliver(last_try=a == 1))
-            if not failed:
+            if not _attempt(lambda a=attempt: cupid.deliver(last_try=a == 1)):
                 return
             failures.append(1)
 
+    def sync() -> None:
+        for _ in range(rng.randint(1, 3)):
+            failures.append(_attempt(cupid.sync))
+
     threads = [threading.Thread(target=deliver) for _ in range(settings.dispatchers)]
     threads.append(threading.Thread(target=lambda: failures.append(_attempt(cupid.drain))))
+    threads.append(threading.Thread(target=sync))
     for thread in threads:
         thread.start()
     if settings.kill_child_every and number % settings.kill_child_every == 0:
@@ -503,18 +550,26 @@ def _dispatch_round(cupid: Any, settings: SoakSettings, rng: random.Random, repo
     report.task_failures += sum(failures)
 
 
-def _quiesce(cupid: Any, world: World, report: SoakReport) -> None:
-    """No more faults: a full rescan, then deliver until nothing is live."""
+def _quiesce(cupid: Any, report: SoakReport) -> None:
+    """No more faults or changes: incremental scans, then deliver until nothing is live."""
     for _ in range(3):
         report.task_failures += _attempt(cupid.sync)
+    _drain_all(cupid, report)
+
+
+def _full_rescan(cupid: Any, report: SoakReport) -> None:
+    """What a user does to repair what incremental scans cannot see: a rescan from the first id."""
     report.task_failures += _attempt(lambda: cupid.sync(full=True))
+    _drain_all(cupid, report)
+
+
+def _drain_all(cupid: Any, report: SoakReport) -> None:
     for _ in range(60):
         report.task_failures += _attempt(lambda: cupid.deliver(last_try=False))
         report.task_failures += _attempt(cupid.drain)
         if cupid.live() == 0:
-            break
+            return
         time.sleep(0.5)  # a killed child's claims expire with their lease
-    del world
 
 
 def _arrivals_per_key(receivers: dict[str, ApplyingReceiver]) -> dict[tuple[str, str], list[Arrival]]:

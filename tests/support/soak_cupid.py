@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from cupid_airflow.core.compare import DestinationSpec
 from cupid_airflow.core.delivery import CallbackTarget
-from cupid_airflow.core.dispatch import Route, dispatch, park_failures
-from cupid_airflow.core.sql import ConnectionParams
+from cupid_airflow.core.destinations import DestinationRegistry
+from cupid_airflow.core.dispatch import DispatchSettings, Route, after_try, dispatch, still_failing
+from cupid_airflow.core.judge import JudgeSpec
+from cupid_airflow.core.sql import ConnectionParams, connect
 from cupid_airflow.core.store import PARKED, PENDING, DeliveryStore
 from cupid_airflow.core.sync import MemoryCursorStore, SyncPlan, SyncRun
 from tests.support.soak import CALLBACK_TIMEOUT, COLUMNS, CONFIG, start_child
@@ -17,6 +20,8 @@ if TYPE_CHECKING:
     import subprocess
 
     from tests.support.soak import Arrival, Server
+
+LEASE_SECOND = 4.0
 
 
 class CupidUnderTest:
@@ -41,14 +46,11 @@ class CupidUnderTest:
             table="src",
             id_column="id",
             by_column="number",
-            destinations={
-                name: (self.data_params, DestinationSpec(name=name, table=name, by_column="number", columns=COLUMNS))
-                for name in self.urls
-            },
+            destinations={name: (self.data_params, _spec(name)) for name in self.urls},
             insert=True,
             update=True,
             update_column="update_time",
-            update_scan_second=2,
+            update_scan_second=0,  # no overlap: a lost detection is not found again by the next scan
             late_commit_second=2,
             lookup_connections=2,
         )
@@ -56,32 +58,44 @@ class CupidUnderTest:
     def sync(self, full: bool = False) -> None:
         store = DeliveryStore(self.state_params)
         try:
+            store.ensure_schema()
             SyncRun(self.plan(), self.cursors, store, start_id=1 if full else None).run()
         finally:
             store.close()
 
     def deliver(self, last_try: bool) -> None:
-        _deliver(self.arguments, (PENDING,), park=last_try)
+        _deliver(self.arguments, DispatchSettings((PENDING,), 30, LEASE_SECOND), last_try=last_try)
 
     def drain(self) -> None:
-        _deliver(self.arguments, (PARKED,), park=False)
+        _deliver(self.arguments, DispatchSettings((PARKED,), 30, LEASE_SECOND, probe=True), last_try=None)
 
     def start_child(self) -> subprocess.Popen[bytes]:
         return start_child(self.arguments)
 
     def live(self) -> int:
-        rows = _query(self.state_params, "SELECT COUNT(*) FROM cupid_delivery WHERE status IN ('pending', 'parked')")
+        rows = _query(self.state_params, "SELECT COUNT(*) FROM cupid_delivery WHERE live = 1")
         return int(rows[0][0])
 
     def store_violations(self, arrivals: dict[tuple[str, str], list[Arrival]]) -> list[str]:
         out = []
-        rows = _query(self.state_params, "SELECT destination, row_key, status, attempts FROM cupid_delivery")
+        rows = _query(
+            self.state_params,
+            "SELECT destination, row_key, status, attempts, claimed_until FROM cupid_delivery",
+        )
         attempts: Counter[tuple[str, str]] = Counter()
-        for destination, key, status, tries in rows:
+        for destination, key, status, tries, claimed in rows:
             name, text = destination.decode(), key.decode()
             if status.decode() in ("pending", "parked", "dead"):
                 out.append(f"{name}/{text}: item left {status.decode()}")
+            if claimed is not None:
+                out.append(f"{name}/{text}: item left claimed")
             attempts[(name, text)] += int(tries)
+        live = _query(
+            self.state_params,
+            "SELECT destination, row_key, COUNT(*) FROM cupid_delivery WHERE live = 1 "
+            "GROUP BY destination, row_key HAVING COUNT(*) > 1",
+        )
+        out += [f"{d.decode()}/{k.decode()}: {n} live items" for d, k, n in live]
         for (name, text), count in attempts.items():
             sent = len(arrivals.get((name, text), []))
             if count > sent:
@@ -89,13 +103,15 @@ class CupidUnderTest:
         return out
 
 
+def _spec(name: str) -> DestinationSpec:
+    return DestinationSpec(name=name, table=name, by_column="number", columns=COLUMNS)
+
+
 def _params(server: Server, database: str) -> ConnectionParams:
     return ConnectionParams(server.host, server.port, server.user, server.password, database)
 
 
 def _query(params: ConnectionParams, sql: str) -> list[tuple[Any, ...]]:
-    from cupid_airflow.core.sql import connect
-
     conn = connect(params)
     try:
         cur = conn.cursor()
@@ -111,32 +127,35 @@ def _routes(arguments: dict[str, Any]) -> list[Route]:
     return [
         Route(
             name,
-            CallbackTarget(url=url, timeout_second=CALLBACK_TIMEOUT, concurrency=3),
-            (data, DestinationSpec(name=name, table=name, by_column="number", columns=COLUMNS)),
+            CallbackTarget(url=url, timeout_second=CALLBACK_TIMEOUT, concurrency=3, breaker_cooldown_second=1.0),
+            JudgeSpec(CONFIG, name, data, "src", "id", "number", data, _spec(name)),
         )
         for name, url in arguments["urls"].items()
     ]
 
 
-def _deliver(arguments: dict[str, Any], statuses: tuple[str, ...], park: bool) -> None:
+def _deliver(arguments: dict[str, Any], settings: DispatchSettings, *, last_try: bool | None) -> None:
+    """One deliver try (``last_try`` True/False) or failure-pool drain (None), as the operator does it."""
     host, port, user, password = arguments["server"]
-    store = DeliveryStore(ConnectionParams(host, port, user, password, arguments["state"]))
+    state = ConnectionParams(host, port, user, password, arguments["state"])
+    store = DeliveryStore(state)
+    registry = DestinationRegistry(state)
     try:
         store.ensure_schema()
-        outcomes = dispatch(store, CONFIG, _routes(arguments), statuses, max_seconds=30)
-        failed = [i for o in outcomes.values() for i in o.failed]
-        if failed and park:
-            park_failures(store, CONFIG, outcomes)
+        routes = _routes(arguments)
+        outcomes = dispatch(state, CONFIG, routes, settings)
+        if last_try is not None:
+            cooldowns = {r.destination: r.target.breaker_cooldown_second for r in routes}
+            after_try(store, registry, CONFIG, outcomes, last_try=last_try, cooldown_second=cooldowns)
+        failed = still_failing(outcomes) if last_try is not None else [i for o in outcomes.values() for i in o.failed]
         if failed:
             raise RuntimeError(f"{len(failed)} callback(s) failed")
     finally:
         store.close()
+        registry.close()
 
 
 def child_dispatch(arguments: dict[str, Any]) -> None:
-    """A dispatcher in a child process: pending, then parked items (it may be SIGKILLed at any moment)."""
-    for statuses in ((PENDING,), (PARKED,)):
-        try:
-            _deliver(arguments, statuses, park=False)
-        except Exception:
-            pass
+    """A dispatcher in a child process: pending and parked items (it may be SIGKILLed at any moment)."""
+    with contextlib.suppress(Exception):
+        _deliver(arguments, DispatchSettings((PENDING, PARKED), 30, LEASE_SECOND, probe=True), last_try=None)

@@ -1,0 +1,106 @@
+"""Tables, items and routes for delivery tests: a source ``user`` and its copies, items planted in the store."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cupid_airflow.core.compare import DestinationSpec
+from cupid_airflow.core.delivery import CallbackTarget
+from cupid_airflow.core.detection import Detection
+from cupid_airflow.core.dispatch import Route
+from cupid_airflow.core.judge import JudgeSpec
+from cupid_airflow.core.sql import ConnectionParams
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from conftest import MariaDB
+
+    from cupid_airflow.core.store import DeliveryStore
+
+COLUMNS = {"number": "number", "name": "name", "avatar": "avatar"}
+
+
+def number_of(i: int) -> str:
+    return f"n-{i:04d}"
+
+
+def source_row(i: int) -> tuple[int, str, str, str | None]:
+    """Source row ``i``: every fifth row has a NULL avatar."""
+    return (i, number_of(i), f"name {i}", None if i % 5 == 0 else f"a{i}.png")
+
+
+def make_tables(
+    mariadb: MariaDB, database: str, count: int, present: dict[int, tuple[str | None, str | None]] | None = None
+) -> set[str]:
+    """Source ``user`` with ``count`` rows; destination ``user_copy`` holding only ``present``.
+
+    ``present`` maps a source id to the (name, avatar) its destination row has. Returns the keys
+    (``number`` values) of every source row that does not match its destination row.
+    """
+    present = present or {}
+    conn = mariadb.connect(database)
+    try:
+        cur = conn.cursor()
+        cur.execute(
+            "CREATE TABLE user (id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY, number VARCHAR(32) NOT NULL,"
+            " name VARCHAR(64) NULL, avatar VARCHAR(255) NULL,"
+            " update_time DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP,"
+            " UNIQUE KEY uq_number (number), KEY ix_update (update_time))"
+        )
+        cur.execute(
+            "CREATE TABLE user_copy (id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY, number VARCHAR(32) NOT NULL,"
+            " name VARCHAR(64) NULL, avatar VARCHAR(255) NULL, UNIQUE KEY uq_number (number))"
+        )
+        rows = [source_row(i) for i in range(1, count + 1)]
+        cur.executemany("INSERT INTO user (id, number, name, avatar) VALUES (%s, %s, %s, %s)", rows)
+        if present:
+            cur.executemany(
+                "INSERT INTO user_copy (number, name, avatar) VALUES (%s, %s, %s)",
+                [(number_of(i), name, avatar) for i, (name, avatar) in present.items()],
+            )
+    finally:
+        conn.close()
+    return {number_of(i) for i in range(1, count + 1) if i not in present or present[i] != source_row(i)[2:]}
+
+
+def make_copy(mariadb: MariaDB, database: str, table: str) -> None:
+    """Another empty destination table shaped like ``user_copy``."""
+    conn = mariadb.connect(database)
+    try:
+        conn.cursor().execute(f"CREATE TABLE `{table}` LIKE user_copy")
+    finally:
+        conn.close()
+
+
+def params_of(mariadb: MariaDB, database: str) -> ConnectionParams:
+    return ConnectionParams(mariadb.host, mariadb.port, mariadb.user, mariadb.password, database)
+
+
+def route(
+    params: ConnectionParams,
+    destination: str,
+    url: str,
+    *,
+    table: str = "user_copy",
+    config: str = "cfg",
+    **target: Any,
+) -> Route:
+    """A route to ``url`` for items of ``user`` copied into ``table``, judged against both tables."""
+    spec = DestinationSpec(destination, table, "number", COLUMNS)
+    return Route(
+        destination,
+        CallbackTarget(url=url, **target),
+        JudgeSpec(config, destination, params, "user", "id", "number", params, spec),
+    )
+
+
+def plant_items(
+    store: DeliveryStore, config: str, ids: range | list[int], destination: str = "des0"
+) -> list[str]:
+    """Record type-1 detections of source rows ``ids`` for ``destination``; return their keys."""
+    store.ensure_schema()
+    detections = [Detection(config, destination, number_of(i).encode(), 1, i) for i in ids]
+    outcome = store.record(detections)
+    assert outcome.new == len(detections), outcome
+    return [number_of(i) for i in ids]
