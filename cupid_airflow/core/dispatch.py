@@ -165,6 +165,7 @@ class _RouteRun:
         self.thread = ThreadPoolExecutor(1, thread_name_prefix=f"cupid-db-{route.destination}")
         self.consecutive_failures = 0
         self.after_id = 0
+        self.retry_at: dict[int, float] = {}  # items answered 429: when their Retry-After has passed
         self.stop_sending: str | None = None
         self.pace_next = 0.0  # monotonic time of the next reserved rate-limit slot
         self.hold_until = 0.0  # monotonic time before which nothing is sent (a 429's Retry-After)
@@ -216,8 +217,11 @@ class _RouteRun:
                 claimant=settings.claimant,
             )
             if not claim.items:
-                return
-            self.after_id = claim.items[-1].id  # one pass: an item is tried at most once per dispatch
+                claim = await self._after_retry_after(limit)
+                if not claim.items:
+                    return
+            else:
+                self.after_id = claim.items[-1].id  # one pass: an item is tried once per dispatch (but see 429)
             try:
                 await self._batch(session, claim)
             finally:
@@ -228,6 +232,28 @@ class _RouteRun:
                     self.registry.open_circuit, config, name, self.target.breaker_cooldown_second, "probe failed"
                 )
                 return
+
+    async def _after_retry_after(self, limit: int) -> Claim:
+        """Items a receiver answered 429 are tried again in this dispatch once their ``Retry-After`` has
+        passed, when that fits in the time budget (otherwise the next run takes them)."""
+        settings = self.settings
+        fits = {i: at for i, at in self.retry_at.items() if at + self.target.timeout_second < self.deadline}
+        self.retry_at = {}
+        if not fits:
+            return Claim(b"", [], 0.0)
+        wait = max(fits.values()) - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        return await self.db(
+            self.store.claim,
+            self.config,
+            self.route.destination,
+            settings.statuses,
+            limit=limit,
+            lease_second=settings.lease_second,
+            claimant=settings.claimant,
+            ids=sorted(fits),
+        )
 
     async def _batch(self, session: aiohttp.ClientSession, claim: Claim) -> None:
         """Work through one claimed batch in small groups: each is judged just before it is sent."""
@@ -291,7 +317,9 @@ class _RouteRun:
             await asyncio.sleep(delay)
 
     async def pace(self) -> None:
-        """Wait for this send's reserved slot (``1 / rate`` apart within a group)."""
+        """Wait for this send's slot: any Retry-After, and the reserved rate-limit slot (``1 / rate`` apart)."""
+        if self.hold_until > time.monotonic():
+            await asyncio.sleep(self.hold_until - time.monotonic())
         rate = self.target.rate_limit_per_second
         if not rate:
             return
@@ -420,9 +448,16 @@ class _Sending:
         ]
         run.outcome.delivered += await run.db(run.store.record_attempts, self.keeper.claim, attempts)
         for verdict, result in batch:
-            if not result.ok:
-                run.outcome.failed.append(verdict.item.id)
-                run.outcome.errors.append(f"item {verdict.item.id}: {result.error}")
+            item_id = verdict.item.id
+            if result.ok:
+                if item_id in run.outcome.failed:  # delivered on its retry after a Retry-After
+                    run.outcome.failed.remove(item_id)
+            else:
+                if item_id not in run.outcome.failed:
+                    run.outcome.failed.append(item_id)
+                run.outcome.errors.append(f"item {item_id}: {result.error}")
+                if result.retry_after_second is not None:
+                    run.retry_at[item_id] = time.monotonic() + result.retry_after_second
         await self._count_on_circuit([r for _, r in batch])
 
     async def _count_on_circuit(self, results: list[DeliveryResult]) -> None:

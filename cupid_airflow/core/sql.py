@@ -61,6 +61,7 @@ class ConnectionParams:
     password: str = field(default="", repr=False)
     database: str | None = None
     unix_socket: str | None = None
+    io_timeout_second: int = 60  # each read and write of a query; a server that stops answering fails the caller
 
     def describe(self) -> str:
         """A password-free description for logs and errors."""
@@ -123,17 +124,9 @@ class LazyConnection:
 
 
 CONNECT_TIMEOUT_SECOND = 10
-READ_TIMEOUT_SECOND = 60
-WRITE_TIMEOUT_SECOND = 60
 
 
-def connect(
-    params: ConnectionParams,
-    *,
-    connect_timeout: int = CONNECT_TIMEOUT_SECOND,
-    read_timeout: int = READ_TIMEOUT_SECOND,
-    write_timeout: int = WRITE_TIMEOUT_SECOND,
-) -> Any:
+def connect(params: ConnectionParams, *, connect_timeout: int = CONNECT_TIMEOUT_SECOND) -> Any:
     """Open a mysqlclient connection that returns every value as raw bytes.
 
     Values come back exactly as MySQL renders them as text (``None`` for
@@ -153,8 +146,8 @@ def connect(
         "use_unicode": False,
         "charset": "utf8mb4",
         "connect_timeout": connect_timeout,
-        "read_timeout": read_timeout,
-        "write_timeout": write_timeout,
+        "read_timeout": params.io_timeout_second,
+        "write_timeout": params.io_timeout_second,
         "autocommit": True,
     }
     if params.database:

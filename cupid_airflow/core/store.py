@@ -376,6 +376,7 @@ class DeliveryStore(LazyConnection):
         lease_second: float,
         after_id: int = 0,
         claimant: str | None = None,
+        ids: Sequence[int] | None = None,
     ) -> Claim:
         """Claim up to ``limit`` live items of one destination with ids above ``after_id``, oldest first,
         for ``lease_second``.
@@ -386,7 +387,11 @@ class DeliveryStore(LazyConnection):
         :param claimant: who claims, when a later attempt of the same work knows the earlier one has
             ended (an Airflow task instance's retry): it takes over that claimant's claims at once
             instead of waiting for their leases to run out.
+        :param ids: only these items (then ``after_id`` is not used).
         """
+        only = f"AND id > {literal_int(after_id)}"
+        if ids is not None:
+            only = f"AND id IN ({', '.join(literal_int(i) for i in ids) or 'NULL'})"
         statuses = tuple(s for s in statuses if s in LIVE_STATUSES)
         token = os.urandom(16)
         asked_at = time.monotonic()
@@ -395,7 +400,7 @@ class DeliveryStore(LazyConnection):
             lambda: self._execute(
                 f"UPDATE {self.table} SET claim_token = %s, claimed_until = NOW(6) + INTERVAL {lease_us} MICROSECOND, "
                 "claimant = %s, claim_revision = revision "
-                f"WHERE config = %s AND destination = %s AND live = {LIVE} AND id > {literal_int(after_id)} "
+                f"WHERE config = %s AND destination = %s AND live = {LIVE} {only} "
                 f"AND status IN ({_marks(statuses)}) "
                 "AND (claimed_until IS NULL OR claimed_until < NOW(6) OR claimant <=> %s AND %s IS NOT NULL) "
                 f"AND (not_before IS NULL OR not_before <= NOW(6)) ORDER BY id LIMIT {literal_int(limit)}",

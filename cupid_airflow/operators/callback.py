@@ -16,6 +16,12 @@ if TYPE_CHECKING:
     from cupid_airflow.core.dispatch import Route
 
 
+def is_last_try(try_number: int, max_tries: int | None) -> bool:
+    """Whether no Airflow retry follows this try: ``max_tries`` (not ``retries``) counts the tries
+    left, and Airflow raises it when a task is cleared, so a cleared task gets its retries again."""
+    return try_number > (max_tries or 0)
+
+
 class CallbackDeliveryError(RuntimeError):
     """Some callbacks failed; they stay in the delivery store for the next try or the failure pool."""
 
@@ -68,7 +74,7 @@ class CallbackOperator(BaseOperator):
         store = DeliveryStore(state)
         registry = DestinationRegistry(state)
         ti = context["ti"]
-        last_try = ti.try_number > (ti.max_tries or 0)
+        last_try = is_last_try(ti.try_number, ti.max_tries)
         database_error = None
         try:
             store.ensure_schema()

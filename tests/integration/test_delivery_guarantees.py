@@ -31,19 +31,28 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from cupid_airflow.core.config import load_config
 from cupid_airflow.core.dispatch import DispatchSettings, dispatch
 from cupid_airflow.core.payload import verify_signature
 from cupid_airflow.core.sql import ConnectionParams
 from cupid_airflow.core.store import DeliveryStore
-from cupid_airflow.dag_factory import build_dags
-from tests.support.outbox import COLUMNS, make_tables, number_of, plant_items, route, source_row
+from tests.support.outbox import (
+    dags_of,
+    make_tables,
+    new_stem,
+    number_of,
+    plant_items,
+    route,
+    source_row,
+    statuses,
+    store_rows,
+    task_states,
+    write_config,
+)
 from tests.support.receivers import Hit, RawHttpReceiver, Receiver, free_port
 
 if TYPE_CHECKING:
@@ -54,120 +63,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def write_config(
-    tmp_path: Path,
-    stem: str,
-    dsn: str,
-    url: str,
-    *,
-    retries: int = 1,
-    worker_number: int = 3,
-    callback: dict[str, Any] | None = None,
-    destinations: list[dict[str, Any]] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """A cupid config (original JSON format, with a comment) watching new rows of ``user``."""
-    des = destinations or [{"name": "copy0", "callbackNotification": {"url": url, **(callback or {})}}]
-    document = {
-        "workerNumber": worker_number,
-        "failureJobRetrySecond": 1,
-        "retries": retries,
-        "src": {
-            "dsn": dsn,
-            "table": "user",
-            "byColumn": "number",
-            "idColumn": "id",
-            "insert": True,
-            "insertIntervalMillisecond": 5000,
-            "update": False,
-        },
-        "des": [{"dsn": dsn, "table": "user_copy", "columns": COLUMNS, "byColumn": "number", **d} for d in des],
-        **(extra or {}),
-    }
-    path = tmp_path / f"{stem}.json"
-    path.write_text("// delivery guarantees test config\n" + json.dumps(document, indent=2), encoding="utf-8")
-    return path
-
-
-def new_stem(label: str) -> str:
-    return f"dg_{label}_{secrets.token_hex(3)}"
-
-
-# -- the delivery store, read directly ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Row:
-    id: int
-    key: str
-    status: str
-    attempts: int
-    last_http_status: int | None
-    last_error: str | None
-    idempotency_key: str
-    destination: str
-
-
-def store_rows(params: ConnectionParams | MariaDB, database: str, config: str) -> list[Row]:
-    import MySQLdb
-
-    if isinstance(params, ConnectionParams):
-        conn = MySQLdb.connect(
-            host=params.host,
-            port=params.port,
-            user=params.user,
-            passwd=params.password,
-            db=database,
-            charset="utf8mb4",
-            autocommit=True,
-        )
-    else:
-        conn = params.connect(database)
-    try:
-        cur = conn.cursor()
-        cur.execute(
-            "SELECT id, row_key, status, attempts, last_http_status, last_error, idempotency_key, destination "
-            "FROM cupid_delivery WHERE config = %s ORDER BY id",
-            (config,),
-        )
-        return [
-            Row(
-                int(r[0]),
-                r[1].decode() if isinstance(r[1], bytes) else r[1],
-                r[2],
-                int(r[3]),
-                None if r[4] is None else int(r[4]),
-                r[5],
-                r[6],
-                r[7],
-            )
-            for r in cur.fetchall()
-        ]
-    finally:
-        conn.close()
-
-
-def statuses(rows: list[Row]) -> Counter[str]:
-    return Counter(r.status for r in rows)
-
-
-# -- running the DAGs --------------------------------------------------------------------------------
-
-
-def dags_of(path: Path) -> tuple[Any, Any]:
-    config = load_config(path)
-    dags = build_dags(config)
-    return dags[config.sync_dag_id], dags[config.failure_pool_dag_id]
-
-
-def task_states(dag_run: Any) -> dict[str, str | None]:
-    """States of the cupid tasks of a run (other tasks the DAG may have, like ``done``, are left out)."""
-    return {ti.task_id: ti.state for ti in dag_run.get_task_instances() if ti.task_id in CUPID_TASKS}
-
-
-CUPID_TASKS = ("compare", "deliver", "drain")
 
 
 def duration(ti: Any) -> float:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+import secrets
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from cupid_airflow.core.compare import DestinationSpec
+from cupid_airflow.core.config import load_config
 from cupid_airflow.core.delivery import CallbackTarget
 from cupid_airflow.core.detection import Detection
 from cupid_airflow.core.dispatch import Route
@@ -12,11 +17,12 @@ from cupid_airflow.core.judge import JudgeSpec
 from cupid_airflow.core.sql import ConnectionParams
 
 if TYPE_CHECKING:
-    from typing import Any
+    from pathlib import Path
 
     from conftest import MariaDB
 
     from cupid_airflow.core.store import DeliveryStore
+from cupid_airflow.dag_factory import build_dags
 
 COLUMNS = {"number": "number", "name": "name", "avatar": "avatar"}
 
@@ -104,3 +110,111 @@ def plant_items(
     outcome = store.record(detections)
     assert outcome.new == len(detections), outcome
     return [number_of(i) for i in ids]
+
+
+def write_config(
+    tmp_path: Path,
+    stem: str,
+    dsn: str,
+    url: str,
+    *,
+    retries: int = 1,
+    worker_number: int = 3,
+    callback: dict[str, Any] | None = None,
+    destinations: list[dict[str, Any]] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """A cupid config (original JSON format, with a comment) watching new rows of ``user``."""
+    des = destinations or [{"name": "copy0", "callbackNotification": {"url": url, **(callback or {})}}]
+    document = {
+        "workerNumber": worker_number,
+        "failureJobRetrySecond": 1,
+        "retries": retries,
+        "src": {
+            "dsn": dsn,
+            "table": "user",
+            "byColumn": "number",
+            "idColumn": "id",
+            "insert": True,
+            "insertIntervalMillisecond": 5000,
+            "update": False,
+        },
+        "des": [{"dsn": dsn, "table": "user_copy", "columns": COLUMNS, "byColumn": "number", **d} for d in des],
+        **(extra or {}),
+    }
+    path = tmp_path / f"{stem}.json"
+    path.write_text("// delivery guarantees test config\n" + json.dumps(document, indent=2), encoding="utf-8")
+    return path
+
+
+def new_stem(label: str) -> str:
+    return f"dg_{label}_{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class Row:
+    id: int
+    key: str
+    status: str
+    attempts: int
+    last_http_status: int | None
+    last_error: str | None
+    idempotency_key: str
+    destination: str
+
+
+def store_rows(params: ConnectionParams | MariaDB, database: str, config: str) -> list[Row]:
+    import MySQLdb
+
+    if isinstance(params, ConnectionParams):
+        conn = MySQLdb.connect(
+            host=params.host,
+            port=params.port,
+            user=params.user,
+            passwd=params.password,
+            db=database,
+            charset="utf8mb4",
+            autocommit=True,
+        )
+    else:
+        conn = params.connect(database)
+    try:
+        cur = conn.cursor()
+        cur.execute(
+            "SELECT id, row_key, status, attempts, last_http_status, last_error, idempotency_key, destination "
+            "FROM cupid_delivery WHERE config = %s ORDER BY id",
+            (config,),
+        )
+        return [
+            Row(
+                int(r[0]),
+                r[1].decode() if isinstance(r[1], bytes) else r[1],
+                r[2],
+                int(r[3]),
+                None if r[4] is None else int(r[4]),
+                r[5],
+                r[6],
+                r[7],
+            )
+            for r in cur.fetchall()
+        ]
+    finally:
+        conn.close()
+
+
+def statuses(rows: list[Row]) -> Counter[str]:
+    return Counter(r.status for r in rows)
+
+
+def dags_of(path: Path) -> tuple[Any, Any]:
+    config = load_config(path)
+    dags = build_dags(config)
+    return dags[config.sync_dag_id], dags[config.failure_pool_dag_id]
+
+
+def task_states(dag_run: Any) -> dict[str, str | None]:
+    """States of the cupid tasks of a run (other tasks the DAG may have, like ``done``, are left out)."""
+    return {ti.task_id: ti.state for ti in dag_run.get_task_instances() if ti.task_id in CUPID_TASKS}
+
+
+CUPID_TASKS = ("compare", "deliver", "drain")

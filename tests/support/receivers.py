@@ -27,9 +27,11 @@ def free_port() -> int:
 
 
 def key_of(body: bytes) -> str | None:
+    """The row key a callback body is about (``srcColumn.number``, else the body's ``key``)."""
     try:
-        return json.loads(body)["srcColumn"]["number"]
-    except (ValueError, KeyError, TypeError):
+        document = json.loads(body)
+        return document["srcColumn"].get("number") or document.get("key")
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -55,9 +57,11 @@ class Receiver:
     :param delay: seconds before each answer.
     :param before_answer: ``before_answer(hit)``, called in the server loop before the delay.
     :param after_answer: ``after_answer(hit)``, called once the answer was written and flushed.
+    :param answer_headers: ``answer_headers(hit, nth)`` -> extra headers of the answer (e.g. ``Retry-After``).
     """
 
     respond: Callable[[Hit, int], int] | None = None
+    answer_headers: Callable[[Hit, int], dict[str, str]] | None = None
     delay: float = 0.0
     port: int = 0
     before_answer: Callable[[Hit], None] | None = None
@@ -82,7 +86,7 @@ class Receiver:
         self._loop.close()
 
     async def _serve(self) -> str:
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5, handler_cancellation=True, access_log=None)
         await self._runner.setup()
@@ -114,7 +118,10 @@ class Receiver:
                 await asyncio.sleep(self.delay)
             status = self.respond(hit, nth) if self.respond is not None else 204
             hit.status = status
-            response = web.Response(status=status, text=None if status == 204 else f"answer {status}")
+            headers = self.answer_headers(hit, nth) if self.answer_headers is not None else None
+            response = web.Response(
+                status=status, text=None if status == 204 else f"answer {status}", headers=headers
+            )
             if self.after_answer is None:
                 return response
             await response.prepare(request)
