@@ -6,6 +6,7 @@ where the operator is what is tested). Each test names the promise it keeps.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -557,3 +558,53 @@ def test_oldest_parked_age_counts_from_when_it_was_queued(
     sql(params, "UPDATE cupid_delivery SET status = 'dead', live = NULL, detected_at = NOW() - INTERVAL 2 HOUR")
     assert store.requeue(CONFIG) == 1
     assert store.counts(CONFIG)["oldestParkedSecond"] < 60
+
+
+# -- upgrading ------------------------------------------------------------------------------------------------
+
+STORE_0_1 = """
+CREATE TABLE cupid_delivery (
+  id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY, config VARCHAR(128) NOT NULL, destination VARCHAR(128) NOT NULL,
+  row_key VARBINARY(1024) NOT NULL, version CHAR(40) NOT NULL, idempotency_key CHAR(64) NOT NULL,
+  type TINYINT NOT NULL, source_id BIGINT NULL, body LONGBLOB NOT NULL,
+  status VARCHAR(16) NOT NULL DEFAULT 'pending', attempts INT NOT NULL DEFAULT 0, last_http_status INT NULL,
+  last_error VARCHAR(1024) NULL, detected_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  queued_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), delivered_at DATETIME(6) NULL,
+  UNIQUE KEY uq_idempotency (idempotency_key), KEY ix_queue (config, status, id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+"""
+
+
+def test_a_store_of_version_0_1_is_migrated_and_its_items_are_delivered_as_they_are_now(
+    params: ConnectionParams, receivers: Callable[..., Receiver], mariadb: MariaDB
+) -> None:
+    make_tables(mariadb, params.database or "", 3)
+    sql(params, STORE_0_1)
+    old = "INSERT INTO cupid_delivery (config, destination, row_key, version, idempotency_key, type, source_id, " \
+        "body, status) VALUES (%s, 'des0', %s, %s, %s, 1, %s, '{\"srcColumn\": {\"name\": \"stale\"}}', %s)"
+    for n, (key, status) in enumerate(
+        [(1, "delivered"), (1, "pending"), (1, "pending"), (2, "parked"), (3, "dead")], start=1
+    ):
+        sql(params, old, (CONFIG, number_of(key), "v" * 40, f"{n:064d}", key, status))
+
+    store = DeliveryStore(params)
+    store.ensure_schema()
+    rows = sql(params, "SELECT id, status, live, HEX(key_hash) FROM cupid_delivery ORDER BY id")
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        (1, "delivered", None),
+        (2, "superseded", None),  # an older live item of the same key
+        (3, "pending", 1),
+        (4, "parked", 1),
+        (5, "dead", None),
+    ]
+    assert rows[2][3].lower() == hashlib.sha256(number_of(1).encode()).hexdigest()
+
+    receiver = receivers()
+    dispatch(params, CONFIG, [route(params, "des0", receiver.url)])
+    dispatch(params, CONFIG, [route(params, "des0", receiver.url)], DispatchSettings(statuses=(PARKED,)))
+    names = {h.key: json.loads(h.body)["srcColumn"]["name"] for h in receiver.hits}
+    assert names == {number_of(1): "name 1", number_of(2): "name 2"}, "built from today's rows, not 0.1's bodies"
+    # the migrated dead item's key, detected again, is a new item
+    assert store.record([Detection(CONFIG, "des0", number_of(3).encode(), 1, 3)]).new == 1
+    store.close()
