@@ -15,6 +15,7 @@ gaps is capped; beyond the cap the lowest gaps are dropped and counted.
 from __future__ import annotations
 
 import math
+import re
 from bisect import bisect_right
 from itertools import compress, repeat
 from operator import ne, sub
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
 Gap = tuple[int, int, float]  # (lowest id, highest id, first seen as UTC epoch seconds)
+_RANGE = re.compile(r"^(-?\d+)(?:\+(\d+))?(?:@(\d+))?$")
 
 
 def _lo(gap: Gap) -> int:
@@ -149,22 +151,32 @@ class GapTracker:
 
     # -- in the cursor ---------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any] | None:
-        """Compact JSON: the distinct first-seen times, and a triple per gap.
+        """The gaps for the cursor Variable: distinct first-seen times, and the ranges as one compact string.
 
-        Each triple is (distance from the previous gap's end, or the first id; span; first-seen index).
-
-        ``{"firstSeen": [1764600000.123], "ranges": [11, 0, 0, 5, 2, 0]}`` is ids 11 and 16..18.
+        Each comma-separated range is its distance from the previous range's end (the first
+        range: its first id), then ``+n`` when it spans n more ids, then ``@k`` when it was first
+        seen at ``firstSeen[k]`` and the previous range was not (the first range: unless k is 0).
+        ``{"firstSeen": [1764600000.123, 1764600001.5], "ranges": "11,5+2,10@1"}`` is id 11 and
+        ids 16..18 first seen at the first time, id 28 at the second. About 3 bytes per gap
+        (Airflow writes JSON Variables indented, one line per list item: a string stays one line).
         """
         if not self._gaps:
             return None
         times = sorted({seen for _, _, seen in self._gaps})
         index = {t: n for n, t in enumerate(times)}
-        flat: list[int] = []
+        tokens: list[str] = []
         previous: int | None = None
+        previous_k = 0
         for lo, hi, seen in self._gaps:
-            flat += [lo if previous is None else lo - previous, hi - lo, index[seen]]
-            previous = hi
-        return {"firstSeen": times, "ranges": flat}
+            k = index[seen]
+            token = str(lo if previous is None else lo - previous)
+            if hi != lo:
+                token += f"+{hi - lo}"
+            if k != previous_k:
+                token += f"@{k}"
+            tokens.append(token)
+            previous, previous_k = hi, k
+        return {"firstSeen": times, "ranges": ",".join(tokens)}
 
     @classmethod
     def from_json(cls, data: Any) -> GapTracker:
@@ -173,18 +185,21 @@ class GapTracker:
             return cls()
         try:
             times = [float(t) for t in data["firstSeen"]]
-            flat = [int(v) for v in data["ranges"]]
-            if len(flat) % 3:
-                raise ValueError("ranges must hold triples")
             gaps: list[Gap] = []
             previous: int | None = None
-            for n in range(0, len(flat), 3):
-                step, span, k = flat[n : n + 3]
+            k = 0
+            for n, token in enumerate(str(data["ranges"]).split(",")):
+                match = _RANGE.match(token.strip())
+                if match is None:
+                    raise ValueError(f"range {n} is {token!r}")
+                step = int(match.group(1))
+                if previous is not None and step < 1:
+                    raise ValueError(f"range {n} is out of order")
                 lo = step if previous is None else previous + step
-                if span < 0 or (previous is not None and step < 1):
-                    raise ValueError(f"gap {n // 3} is out of order")
-                gaps.append((lo, lo + span, times[k]))
-                previous = lo + span
+                hi = lo + int(match.group(2) or 0)
+                k = int(match.group(3)) if match.group(3) is not None else k
+                gaps.append((lo, hi, times[k]))
+                previous = hi
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise ValueError(
                 f"the cursor's 'gaps' cannot be read ({err}); remove the key to start without gaps"

@@ -97,23 +97,35 @@ def test_forget_from_cuts_a_gap_that_straddles_the_start() -> None:
 
 
 def test_json_round_trip_is_compact_and_exact() -> None:
-    gaps = [(-(2**63), -1, 1764600000.123), (11, 11, 1764600000.123), (2**64 - 3, 2**64 - 2, 1764600001.5)]
+    gaps = [
+        (-(2**63), -1, 1764600000.123),
+        (11, 11, 1764600000.123),
+        (16, 18, 1764600000.123),
+        (2**64 - 3, 2**64 - 2, 1764600001.5),
+        (2**64 - 1, 2**64 - 1, 1764600000.123),
+    ]
     tracker = GapTracker(gaps)
     data = tracker.to_json()
     assert data == {
         "firstSeen": [1764600000.123, 1764600001.5],
-        "ranges": [-(2**63), 2**63 - 1, 0, 12, 0, 0, 2**64 - 3 - 11, 1, 1],
+        "ranges": f"{-(2**63)}+{2**63 - 1},12,5+2,{2**64 - 3 - 18}+1@1,1@0",
     }
-    again = GapTracker.from_json(json.loads(json.dumps(data)))
+    again = GapTracker.from_json(json.loads(json.dumps(data, indent=2)))
     assert again.gaps == gaps
     assert again.to_json() == data
     assert GapTracker().to_json() is None
     assert len(GapTracker.from_json(None)) == 0
+    assert len(json.dumps(GapTracker([(i, i, 1.0) for i in range(0, 30000, 10)]).to_json())) < 4 * 3000
 
 
 @pytest.mark.parametrize(
     "data",
-    [{"ranges": [1, 0, 0]}, {"firstSeen": [1.0], "ranges": [1, 0]}, {"firstSeen": [1.0], "ranges": [1, 0, 0, 0, 0, 0]}],
+    [
+        {"ranges": "1"},
+        {"firstSeen": [1.0], "ranges": "1,0"},
+        {"firstSeen": [1.0], "ranges": "1,x"},
+        {"firstSeen": [1.0], "ranges": "1@3"},
+    ],
 )
 def test_unreadable_gaps_name_the_fix(data: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="remove the key"):
