@@ -26,6 +26,7 @@ pytestmark = pytest.mark.integration
 
 NEW_YORK = "America/New_York"
 FALL_BACK = 1730613600  # 2024-11-03 06:00:00 UTC: New York goes from 02:00 EDT back to 01:00 EST
+SPRING_FORWARD = 1710054000  # 2024-03-10 07:00:00 UTC: New York goes from 02:00 EST on to 03:00 EDT
 
 
 @pytest.fixture
@@ -252,6 +253,27 @@ def test_no_update_is_missed_when_the_clocks_go_back(
     )
     SyncRun(plan, cursors, store, connector=at_moment(zone, FALL_BACK + 1803)).run()
     assert found(store) == keyset([b"k3", b"k4"], mismatch_type=2), "the update in the repeated hour was lost"
+
+
+@pytest.mark.parametrize("column_type", ["DATETIME(6)", "TIMESTAMP(6)"])
+def test_no_update_is_missed_when_the_clocks_go_forward(
+    column_type: str, new_york_zone: str, mariadb: MariaDB, fresh_database: str, store: DeliveryStore
+) -> None:
+    zone = new_york_zone
+    update_table(mariadb, fresh_database, column_type, "NULL")
+    plan = update_plan(mariadb, fresh_database)
+    cursors = MemoryCursorStore()
+    for n, (run_at, write_at_epoch) in enumerate([(-2, -1), (3, 600), (1200, 1201)]):
+        SyncRun(plan, cursors, store, connector=at_moment(zone, SPRING_FORWARD + run_at)).run()
+        write_at(
+            mariadb,
+            fresh_database,
+            zone,
+            SPRING_FORWARD + write_at_epoch,
+            f"UPDATE src SET name = 'b', mtime = NOW(6) WHERE id = {n + 1}",
+        )
+    SyncRun(plan, cursors, store, connector=at_moment(zone, SPRING_FORWARD + 1203)).run()
+    assert found(store) == keyset([b"k1", b"k2", b"k3"], mismatch_type=2)
 
 
 def test_a_cursor_of_the_earlier_version_is_upgraded_without_losing_updates_or_late_rows(
