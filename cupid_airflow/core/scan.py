@@ -356,13 +356,14 @@ class SourceReader:
             [v for at in samples for v in (format_db_time(at), zone)],
         )[0]
         if any(value is None for value in converted):
-            raise ScanError(
-                f"time zone {zone!r} is unknown to the source server: load its time zone tables "
-                "(mariadb-tzinfo-to-sql /usr/share/zoneinfo | mariadb mysql) or give src.updateTimeZone "
-                "as an offset such as '+08:00'"
-            )
+            raise ScanError(_unknown_zone(zone))
         offsets = [parse_db_time(value.decode()) - at for value, at in zip(converted, samples, strict=True)]
         return format_db_time(low_at + min(offsets)), format_db_time(high_at + max(offsets))
+
+    def check_zone(self, zone: str) -> None:
+        """Fail, naming the fix, when the source server cannot convert times into ``zone``."""
+        if self._query("SELECT CONVERT_TZ('2000-01-01 00:00:00', '+00:00', %s)", [zone])[0][0] is None:
+            raise ScanError(_unknown_zone(zone))
 
     def to_utc(self, local: str, zone: str) -> str:
         """A time written in ``zone`` as UTC, the earliest it can mean (for cursors of earlier versions)."""
@@ -425,6 +426,14 @@ class SourceReader:
             positions=positions or [],
             seen_at=seen_at,
         )
+
+
+def _unknown_zone(zone: str) -> str:
+    return (
+        f"time zone {zone!r} is unknown to the source server: load its time zone tables "
+        "(mariadb-tzinfo-to-sql /usr/share/zoneinfo | mariadb mysql) or give src.updateTimeZone "
+        "as an offset such as '+08:00'"
+    )
 
 
 def window_low(cursor_time: str | None, now: str, overlap_second: int) -> str:

@@ -316,6 +316,8 @@ class SyncRun:
         plan = self.plan
         column = plan.update_column or ""
         update = UpdateColumn(column, data_type, plan.update_time_format, plan.update_time_zone, plan.table)
+        if update.zone:
+            self.source.check_zone(update.zone)
         if not self.source.indexed_first(column):
             log.warning(
                 "update column %r of %s has no index starting with it: every update scan reads the whole table; "

@@ -201,6 +201,17 @@ def test_a_datetime_column_written_in_utc_on_a_server_in_another_zone_is_found_w
     assert second["rowsScanned"]["update"] == 1
 
 
+def test_an_update_time_zone_the_server_does_not_know_is_refused_before_anything_is_scanned(
+    mariadb: MariaDB, fresh_database: str, store: DeliveryStore
+) -> None:
+    update_table(mariadb, fresh_database, "DATETIME(6)", "'2020-01-01 00:00:00'")
+    cursors = MemoryCursorStore()
+    plan = update_plan(mariadb, fresh_database, update_time_zone="Mars/Olympus_Mons")
+    with pytest.raises(ScanError, match=r"'Mars/Olympus_Mons' is unknown to the source server.*'\+08:00'"):
+        SyncRun(plan, cursors, store).run()
+    assert cursors.load("des0") is None
+
+
 def at_moment(zone: str, epoch: float) -> Connector:
     """Connections of a server in ``zone`` whose clock reads ``epoch``."""
     return Connector(session_sql=(f"SET time_zone = '{zone}'", f"SET timestamp = {epoch}"))
