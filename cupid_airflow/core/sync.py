@@ -304,6 +304,8 @@ class SyncRun:
             low = min(int(i) for _, i in recent)
             gaps.forget_from(low)
             gaps.add(low, int(cursor["insertId"]) - 1, seen_time(self.clock.epoch))
+        if cursor.get("insertId") is not None:  # a cursor moved down by hand: the rescan finds those gaps again
+            gaps.forget_from(int(cursor["insertId"]))
         local = cursor.pop("updateTime", None)
         if local:
             cursor.update(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from cupid_airflow.core.compare import DestinationSpec
+from cupid_airflow.core.gaps import GapTracker
 from cupid_airflow.core.store import DeliveryStore
 from cupid_airflow.core.sync import MemoryCursorStore, SyncRun
 
@@ -268,6 +269,33 @@ def test_gaps_are_queried_through_the_id_index_whatever_the_spacing(
                 assert plan_row["type"] == "range" and plan_row["key"] == "PRIMARY", plan_row
     finally:
         conn.close()
+
+
+def test_a_cursor_moved_down_by_hand_keeps_only_the_gaps_below_it(
+    mariadb: MariaDB, fresh_database: str, store: DeliveryStore
+) -> None:
+    tables(mariadb, fresh_database, rows=0)
+    execute(
+        mariadb,
+        fresh_database,
+        "INSERT INTO src (id, code, name) SELECT seq * 2, CONCAT('k', seq * 2), 'x' FROM seq_1_to_10",
+        "INSERT INTO dst SELECT code, name FROM src",
+    )
+    params = params_for(mariadb, fresh_database)
+    plan = make_plan(params, late_commit_second=60)
+    cursors = MemoryCursorStore()
+    SyncRun(plan, cursors, store, start_id=1).run()
+    cursor = cursors.load("des0") or {}
+    assert cursor["insertId"] == 21 and cursor["gaps"]["ranges"] == "1,2,2,2,2,2,2,2,2,2"  # ids 1, 3, ..., 19
+    cursors.save("des0", {**cursor, "insertId": 8})  # an operator rescans from id 8
+
+    summary = SyncRun(plan, cursors, store).run()
+
+    assert summary["destinations"]["des0"]["error"] is None
+    assert summary["rowsScanned"]["insert"] == 7
+    gaps = GapTracker.from_json((cursors.load("des0") or {})["gaps"])
+    assert gaps.ranges() == [(i, i) for i in range(1, 20, 2)]  # 9..19 found again, seen now
+    assert found(store) == set()
 
 
 # -- through the DAG: gaps persist in the cursor Variable ----------------------------------------
