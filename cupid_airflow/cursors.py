@@ -14,7 +14,8 @@ def cursor_variable_key(config: str, destination: str, kind: str = "cursor") -> 
 DESCRIPTIONS = {
     "cursor": (
         "cupid cursor of config {config!r}, destination {destination!r}: insertId is the next source id to scan, "
-        "updateTime the end of the last completed update window (source DB time). Edit insertId to rescan from there."
+        "gaps the ids missing below it that are read again for late commits, updateTimeUtc the end of the last "
+        "completed update window (source DB time, UTC). Edit insertId to rescan from there."
     ),
     "reconcile": (
         "cupid reconcile progress of config {config!r}, destination {destination!r} (phase, rows checksummed per "

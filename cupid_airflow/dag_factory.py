@@ -68,8 +68,8 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
             "start_id": Param(
                 None,
                 type=["null", "integer"],
-                minimum=1,
-                description="Rescan new rows from this source id (replaces the stored insert cursor).",
+                description="Rescan new rows from this source id (replaces the stored insert cursor; may be 0 or "
+                "negative).",
             )
         },
         doc_md=_sync_doc(config),

@@ -31,6 +31,11 @@ def sync_metrics(summary: dict[str, Any]) -> dict[str, tuple[str, float]]:
         if destination["lagUpdateSecond"] is not None:
             metrics[f"{prefix}.lag_update_second"] = ("gauge", destination["lagUpdateSecond"])
         metrics[f"{prefix}.unavailable"] = ("gauge", 1 if destination["error"] else 0)
+        late = destination.get("lateCommits")
+        if late:
+            metrics[f"{prefix}.late_gaps"] = ("gauge", late["gaps"])
+            metrics[f"{prefix}.late_found"] = ("incr", late["found"])
+            metrics[f"{prefix}.late_gaps_over_cap"] = ("incr", late["overCap"])
     return metrics
 
 

@@ -30,6 +30,7 @@ SYNC_SUMMARY = {
             "mismatches": {"missing": 3, "different": 1},
             "lagRows": 7,
             "lagUpdateSecond": 2.5,
+            "lateCommits": {"gaps": 12, "found": 2, "expired": 5, "overCap": 3},
             "error": None,
         },
         "cache": {
@@ -51,6 +52,9 @@ def test_sync_summary_maps_to_counters_and_gauges() -> None:
     assert metrics["cupid.user.copy.lag_update_second"] == ("gauge", 2.5)
     assert metrics["cupid.user.cache.unavailable"] == ("gauge", 1)
     assert "cupid.user.cache.lag_rows" not in metrics
+    assert metrics["cupid.user.copy.late_gaps"] == ("gauge", 12)
+    assert metrics["cupid.user.copy.late_found"] == ("incr", 2)
+    assert metrics["cupid.user.copy.late_gaps_over_cap"] == ("incr", 3)
 
 
 def test_delivery_summary_maps_pool_size_and_age() -> None:

@@ -28,6 +28,8 @@ from cupid_airflow.core.timeformat import TimeFormatError, php_to_mysql_format
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 STEM_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+OFFSET_RE = re.compile(r"^[+-](\d{1,2}):(\d{2})$")
+ZONE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$")
 
 
 class CupidConfigWarning(UserWarning):
@@ -122,8 +124,10 @@ class Source(_Connection):
         default=None,
         validation_alias=AliasChoices("updateTimeFormate", "updateTimeFormat", "update_time_formate"),
     )
+    update_time_zone: str | None = None
     late_commit_second: int = Field(default=10, ge=0)
-    late_commit_max_rows: int = Field(default=20000, ge=0)
+    late_commit_max_gaps: int = Field(default=100000, ge=1)
+    late_commit_max_rows: int | None = Field(default=None, ge=0)  # deprecated: ignored with a warning
     batch_size: int = Field(default=5000, ge=1, le=100000)
     max_rows_per_run: int = Field(default=500000, ge=1)
     max_seconds_per_run: float = Field(default=20.0, gt=0)
@@ -144,6 +148,33 @@ class Source(_Connection):
                 php_to_mysql_format(value)
             except TimeFormatError as err:
                 raise ValueError(str(err)) from None
+        return value
+
+    @field_validator("update_time_zone")
+    @classmethod
+    def _time_zone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        offset = OFFSET_RE.match(value)
+        if offset and int(offset.group(1)) <= 14 and int(offset.group(2)) < 60:
+            return value
+        if not offset and ZONE_NAME_RE.match(value):
+            return value
+        raise ValueError(
+            f"{value!r} is not a time zone (accepted: an offset such as '+08:00' or '-05:30', SYSTEM, or a name "
+            "the source server knows such as 'UTC' or 'Asia/Shanghai')"
+        )
+
+    @field_validator("late_commit_max_rows")
+    @classmethod
+    def _late_commit_max_rows(cls, value: int | None) -> int | None:
+        if value is not None:
+            warnings.warn(
+                "src.lateCommitMaxRows is ignored: late commits are tracked as id gaps below the insert cursor, "
+                "whatever the id spacing; src.lateCommitMaxGaps caps how many gaps are remembered",
+                CupidConfigWarning,
+                stacklevel=2,
+            )
         return value
 
     @model_validator(mode="after")

@@ -7,6 +7,7 @@ import logging
 import queue
 import threading
 import time
+from bisect import bisect_left
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cupid_airflow.core.compare import DestinationReader, DestinationSpec, Difference, Lookup
 from cupid_airflow.core.detection import Detection
+from cupid_airflow.core.gaps import GapTracker, merged_ranges, seen_time
 from cupid_airflow.core.scan import (
     SourceBatch,
     SourceReader,
@@ -66,9 +68,10 @@ class SyncPlan:
     update: bool = False
     update_column: str | None = None
     update_time_format: str | None = None
+    update_time_zone: str | None = None
     update_scan_second: int = 5
     late_commit_second: int = 10
-    late_commit_max_rows: int = 20000
+    late_commit_max_gaps: int = 100000
     batch_size: int = 5000
     max_rows_per_run: int = 500000
     max_seconds_per_run: float = 20.0
@@ -94,6 +97,9 @@ class DestinationState:
     before: dict[str, Any]
     error: str | None = None
     mismatched: dict[int, set[int]] = field(default_factory=lambda: {1: set(), 2: set()})
+    gaps: GapTracker = field(default_factory=GapTracker)
+    late: dict[str, int] = field(default_factory=lambda: {"found": 0, "expired": 0, "overCap": 0})
+    dropped_ids: tuple[int, int] | None = None  # lowest and highest id of gaps dropped over the cap
 
     @property
     def healthy(self) -> bool:
@@ -101,7 +107,12 @@ class DestinationState:
 
 
 def new_cursor() -> dict[str, Any]:
-    return {"insertId": 1, "recent": [], "updateTime": None, "updateWindow": None, "updatePosition": None}
+    """A destination's cursor before its first run: ``insertId`` None is the id column's lowest value.
+
+    ``gaps`` are the late-commit gaps (:meth:`GapTracker.to_json`); ``updateTimeUtc`` and
+    ``updateWindow`` are UTC source times.
+    """
+    return {"insertId": None, "gaps": None, "updateTimeUtc": None, "updateWindow": None, "updatePosition": None}
 
 
 class SyncRun:
@@ -143,16 +154,19 @@ class SyncRun:
             batch_conn = self.connector(plan.source)
             self.batch_reader = self._reader(batch_conn)
             types = self.source.check(plan.update_column if plan.update else None)
+            self.id = self.source.id_contract()
             update = None
             if plan.update and plan.update_column:  # an unusable update column fails before anything is scanned
-                update = UpdateColumn(plan.update_column, types[plan.update_column.lower()], plan.update_time_format)
-            self.now = self.source.now()
+                update = self._update_column(types[plan.update_column.lower()])
+            self.clock = self.source.clock()
+            self.now = self.clock.local
             self.store.ensure_schema()
             self.states = self._load_states()
             with ThreadPoolExecutor(max(1, plan.lookup_connections), thread_name_prefix="cupid-lookup") as pool:
                 self.pool = pool
                 insert_done = self._insert_scan() if plan.insert else True
                 update_done = self._update_scan(update) if update is not None else True
+            self._keep_gaps()
             for state in self.states.values():
                 if state.cursor != state.before:
                     self.cursors.save(state.name, state.cursor)
@@ -180,10 +194,12 @@ class SyncRun:
             stored = self.cursors.load(name)
             cursor = {**new_cursor(), **(stored or {})}
             before = dict(cursor)
+            gaps = self._upgrade(cursor)
             if self.start_id is not None:
-                cursor.update(insertId=int(self.start_id), recent=[])
+                cursor["insertId"] = int(self.start_id)
+                gaps.forget_from(int(self.start_id))
             reader = DestinationReader(spec, self.columns, key_column=self.plan.by_column)
-            state = DestinationState(name, spec, reader, cursor, before)
+            state = DestinationState(name, spec, reader, cursor, before, gaps=gaps)
             try:
                 conn = self._lookup_connection(name, params)
                 state.reader.lookup(conn, [b""])  # proves the table and columns exist
@@ -199,14 +215,9 @@ class SyncRun:
         healthy = [s for s in self.states.values() if s.healthy]
         if not healthy:
             return False
-        band_cap = min(plan.late_commit_max_rows, plan.max_rows_per_run // 2)
-        starts: dict[str, int] = {}
-        for state in healthy:
-            cursor_id = int(state.cursor["insertId"])
-            recent = _recent_passes(state.cursor.get("recent") or [], plan.late_commit_second)
-            band_start = min([cursor_id, *(int(i) for _, i in recent)])
-            starts[state.name] = max(band_start, cursor_id - band_cap, 1)
-            state.cursor["recent"] = [*recent, (self.now, cursor_id)][-50:]
+        tracking = plan.late_commit_second > 0
+        gaps_done = self._gap_scan(healthy) if tracking else True
+        starts = {state.name: self._next_id(state) for state in healthy}
         scan_start = min(starts.values())
 
         def skip_for(state: DestinationState, batch: SourceBatch) -> list[bool] | None:
@@ -214,13 +225,110 @@ class SyncRun:
             return None if batch.ids[0] >= start else [i < start for i in batch.ids]
 
         def advance(state: DestinationState, batch: SourceBatch) -> None:
-            state.cursor["insertId"] = max(int(state.cursor["insertId"]), batch.ids[-1] + 1)
+            next_id = self._next_id(state)
+            ids = batch.ids
+            if ids[-1] < next_id:
+                return
+            if ids[0] < next_id:  # a sibling destination further behind read these rows too
+                ids = ids[bisect_left(ids, next_id) :]
+            if tracking and batch.seen_at is not None:
+                state.gaps.observe(next_id - 1, ids, seen_time(batch.seen_at))
+                self._cap_gaps(state)
+            state.cursor["insertId"] = ids[-1] + 1
 
-        batches = _read_ahead(self.batch_reader.id_batches(scan_start, plan.batch_size))
+        batches = _read_ahead(self.batch_reader.id_batches(scan_start, plan.batch_size, clock=tracking))
         done = self._scan("insert", batches, healthy, skip_for, advance)
-        return done and len(healthy) == len(self.states)
+        return done and gaps_done and len(healthy) == len(self.states)
+
+    def _next_id(self, state: DestinationState) -> int:
+        insert_id = state.cursor.get("insertId")
+        return self.id.lowest if insert_id is None else int(insert_id)
+
+    def _gap_scan(self, healthy: Sequence[DestinationState]) -> bool:
+        """Read every gap of the healthy destinations again; True when all of them were read."""
+        tracked = [s for s in healthy if len(s.gaps)]
+        if not tracked:
+            return True
+        clock = self.source.clock().epoch  # before the reads: a gap this much older was seen by them
+        ranges = merged_ranges(s.gaps for s in tracked)
+        exhausted: list[bool] = []
+
+        def skip_for(state: DestinationState, batch: SourceBatch) -> list[bool] | None:
+            inside = state.gaps.holds(batch.ids)
+            return None if all(inside) else [not x for x in inside]
+
+        def advance(state: DestinationState, batch: SourceBatch) -> None:
+            state.late["found"] += state.gaps.fill(batch.ids)
+
+        reads = _read_ahead(self.batch_reader.range_batches(ranges, self.plan.batch_size))
+        # exhausted only once the pipeline took every batch (read ahead is not compared)
+        self._scan("insert", _until_exhausted(reads, exhausted), tracked, skip_for, advance)
+        for state in tracked:
+            if exhausted and state.healthy:
+                state.late["expired"] += state.gaps.expire(clock, self.plan.late_commit_second)
+        return bool(exhausted)
+
+    def _cap_gaps(self, state: DestinationState) -> None:
+        dropped = state.gaps.trim(self.plan.late_commit_max_gaps)
+        if dropped:
+            state.late["overCap"] += len(dropped)
+            low = dropped[0][0] if state.dropped_ids is None else state.dropped_ids[0]
+            state.dropped_ids = (low, dropped[-1][1])
+
+    def _keep_gaps(self) -> None:
+        """Put each destination's gaps into its cursor, and warn about gaps dropped over the cap."""
+        for state in self.states.values():
+            self._cap_gaps(state)
+            state.cursor["gaps"] = state.gaps.to_json()
+            if state.dropped_ids is not None:
+                log.warning(
+                    "destination %s: %d id gap(s) over src.lateCommitMaxGaps=%d were dropped (ids %d..%d): a row "
+                    "committing late there is not compared; raise lateCommitMaxGaps, or run the reconcile",
+                    state.name,
+                    state.late["overCap"],
+                    self.plan.late_commit_max_gaps,
+                    *state.dropped_ids,
+                )
+
+    def _upgrade(self, cursor: dict[str, Any]) -> GapTracker:
+        """The cursor's gaps; a cursor of an earlier version is brought to this one first.
+
+        Its late-commit band (``recent``) becomes one gap, read again from now on; its
+        ``updateTime`` (the server's local time) becomes ``updateTimeUtc``.
+        """
+        gaps = GapTracker.from_json(cursor.get("gaps"))
+        recent = cursor.pop("recent", None) or []
+        if recent and cursor.get("insertId") is not None and self.plan.late_commit_second > 0:
+            low = min(int(i) for _, i in recent)
+            gaps.forget_from(low)
+            gaps.add(low, int(cursor["insertId"]) - 1, seen_time(self.clock.epoch))
+        if cursor.get("insertId") is not None:  # a cursor moved down by hand: the rescan finds those gaps again
+            gaps.forget_from(int(cursor["insertId"]))
+        local = cursor.pop("updateTime", None)
+        if local:
+            cursor.update(
+                updateTimeUtc=self.source.to_utc(local, self.clock.time_zone), updateWindow=None, updatePosition=None
+            )
+        return gaps
 
     # -- updated rows -------------------------------------------------------------------------
+    def _update_column(self, data_type: str) -> UpdateColumn:
+        plan = self.plan
+        column = plan.update_column or ""
+        update = UpdateColumn(column, data_type, plan.update_time_format, plan.update_time_zone, plan.table)
+        if update.zone:
+            self.source.check_zone(update.zone)
+        if not self.source.indexed_first(column):
+            log.warning(
+                "update column %r of %s has no index starting with it: every update scan reads the whole table; "
+                "add one (ALTER TABLE %s ADD INDEX (%s))",
+                column,
+                plan.table,
+                plan.table,
+                column,
+            )
+        return update
+
     def _update_scan(self, update: UpdateColumn) -> bool:
         healthy = [s for s in self.states.values() if s.healthy]
         groups: dict[tuple[str, str, str | None, int | None], list[DestinationState]] = {}
@@ -231,8 +339,8 @@ class SyncRun:
                 low, high = window
             else:
                 low, high = (
-                    window_low(state.cursor.get("updateTime"), self.now, self.plan.update_scan_second),
-                    self.now,
+                    window_low(state.cursor.get("updateTimeUtc"), self.clock.utc, self.plan.update_scan_second),
+                    self.clock.utc,
                 )
                 position = None
             key = (low, high, position[0] if position else None, position[1] if position else None)
@@ -246,12 +354,13 @@ class SyncRun:
                 state.cursor["updateWindow"] = [low, high]
                 state.cursor["updatePosition"] = [last.decode() if last else None, batch.ids[-1]]
 
-            batches = _read_ahead(self.batch_reader.update_batches(update, low, high, position, self.plan.batch_size))
+            bounds = self.source.window_bounds(update, low, high, self.clock.time_zone)
+            batches = _read_ahead(self.batch_reader.update_batches(update, *bounds, position, self.plan.batch_size))
             complete = self._scan("update", batches, members, lambda s, b: None, advance)
             if complete:
                 for state in members:
                     if state.healthy:
-                        state.cursor.update(updateTime=high, updateWindow=None, updatePosition=None)
+                        state.cursor.update(updateTimeUtc=high, updateWindow=None, updatePosition=None)
             done = done and complete
         return done
 
@@ -380,20 +489,29 @@ class SyncRun:
     def _summary(self, complete: bool, update: UpdateColumn | None) -> dict[str, Any]:
         newest_id = self.source.newest_id()
         newest_update = self.source.newest_update(update) if update else None
+        oldest_id: int | None = None
         destinations: dict[str, Any] = {}
         for state in self.states.values():
-            next_id = int(state.cursor["insertId"])
+            lag_rows = None
+            if self.plan.insert:
+                if state.cursor.get("insertId") is None:  # nothing seen yet: every id is behind
+                    oldest_id = self.source.oldest_id() if oldest_id is None else oldest_id
+                    lag_rows = 0 if newest_id is None or oldest_id is None else newest_id - oldest_id + 1
+                else:
+                    lag_rows = max(0, (newest_id if newest_id is not None else 0) - (int(state.cursor["insertId"]) - 1))
             destinations[state.name] = {
                 "mismatches": {"missing": len(state.mismatched[1]), "different": len(state.mismatched[2])},
                 "cursorBefore": _visible(state.before),
                 "cursorAfter": _visible(state.cursor),
-                "lagRows": max(0, (newest_id or 0) - (next_id - 1)) if self.plan.insert else None,
-                "lagUpdateSecond": _lag_second(self.now, state.cursor.get("updateTime")) if update else None,
+                "lagRows": lag_rows,
+                "lagUpdateSecond": _lag_second(self.clock.utc, state.cursor.get("updateTimeUtc")) if update else None,
+                "lateCommits": {"gaps": len(state.gaps), **state.late},
                 "error": state.error,
             }
         return {
             "config": self.plan.config,
             "sourceNow": self.now,
+            "sourceUtc": self.clock.utc,
             "rowsScanned": dict(self.rows_scanned),
             "nullKeys": self.null_keys,
             "recorded": self.recorded.new,
@@ -443,27 +561,16 @@ def _read_ahead(batches: Iterator[SourceBatch], depth: int = 2) -> Generator[Sou
         reader.join()
 
 
-def _recent_passes(recent: list[Any], late_commit_second: int) -> list[tuple[str, int]]:
-    """The earlier runs whose rows may still see late commits.
-
-    A run's entry (start time, insert cursor) is kept until some later run
-    that started at least ``late_commit_second`` after it has completed,
-    however long ago that was: downtime never shortens the late-commit
-    guarantee.
-    """
-    if late_commit_second <= 0:
-        return []
-    starts = [parse_db_time(t) for t, _ in recent]
-    kept = []
-    for n, (t, i) in enumerate(recent):
-        if any((later - starts[n]).total_seconds() >= late_commit_second for later in starts[n + 1 :]):
-            continue
-        kept.append((t, int(i)))
-    return kept
+def _until_exhausted(
+    batches: Generator[SourceBatch, None, None], exhausted: list[bool]
+) -> Generator[SourceBatch, None, None]:
+    """Yield the batches; append True to ``exhausted`` once all were taken (not when closed early)."""
+    yield from batches
+    exhausted.append(True)
 
 
 def _visible(cursor: dict[str, Any]) -> dict[str, Any]:
-    return {k: cursor.get(k) for k in ("insertId", "updateTime", "updatePosition")}
+    return {k: cursor.get(k) for k in ("insertId", "updateTimeUtc", "updatePosition")}
 
 
 def _lag_second(now: str, update_time: str | None) -> float | None:

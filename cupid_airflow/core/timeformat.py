@@ -62,3 +62,29 @@ def php_to_mysql_format(php_format: str) -> str:
 def epoch_scale(php_format: str | None) -> int | None:
     """Units per second for epoch formats, ``None`` for text formats."""
     return EPOCH_FORMATS.get(php_format or "")
+
+
+TIME_ORDER = "YmdHisu"  # fixed-width fields, most significant first
+
+
+def format_characters(php_format: str) -> list[str]:
+    """The format characters of a PHP date format, in order, without ``\\``-escaped literals."""
+    out: list[str] = []
+    chars = iter(php_format)
+    for ch in chars:
+        if ch == "\\":
+            next(chars, "")
+        elif ch.isalpha():
+            out.append(ch)
+    return out
+
+
+def sorts_as_text(php_format: str) -> bool:
+    """True when text written in this format sorts like the time it names (``Y-m-d H:i:s``, ``Y-m-d\\TH:i:s``)."""
+    fields = format_characters(php_format)
+    return len(fields) >= 3 and fields == list(TIME_ORDER[: len(fields)])
+
+
+def digits_format(php_format: str) -> bool:
+    """True when the format writes only digits in time order, so an integer column can hold it (``YmdHis``)."""
+    return php_format.isalpha() and len(php_format) >= 3 and list(php_format) == list("YmdHis"[: len(php_format)])

@@ -48,9 +48,7 @@ class MySqlCompareOperator(BaseOperator):
             dag_run = context.get("dag_run")
             start_id = (getattr(dag_run, "conf", None) or {}).get("start_id")
         if start_id is not None:
-            start_id = int(start_id)
-            if start_id < 1:
-                raise ValueError(f"start_id must be 1 or more, not {start_id}")
+            start_id = int(start_id)  # any integer: ids may be zero or negative
             self.log.info("start_id=%d given: every destination rescans new rows from id %d", start_id, start_id)
         store = DeliveryStore(resolve_connection(config.state_connection))
         try:
