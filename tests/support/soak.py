@@ -50,6 +50,8 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = "soak"
 COLUMNS = {"name": "name", "ver": "ver"}
 CALLBACK_TIMEOUT = 0.6
+LATE_COMMIT_SECOND = 3  # the soak's lateCommitSecond
+LATE_COMMIT_MAX = 1.5  # a late insert commits at most this long after it began: within the guarantee
 MODES = ("ok", "lag", "fail", "slow", "reset")
 
 
@@ -92,6 +94,8 @@ class SoakSettings:
     kill_connections: bool = True
     faults: bool = True
     cdc_loss: float = 0.5  # share of source changes the CDC never copies to a destination
+    late_commits: bool = True  # inserts whose transaction commits up to LATE_COMMIT_MAX later
+    sparse_ids: bool = True  # some inserts jump ahead by up to 100,000 ids
 
 
 @dataclass
@@ -115,6 +119,7 @@ class SoakReport:
     cdc_copies: int = 0
     drifts: int = 0
     requests: int = 0
+    late_commits: int = 0
     kills: int = 0
     connection_kills: int = 0
     task_failures: int = 0
@@ -123,8 +128,9 @@ class SoakReport:
 
     def line(self) -> str:
         return (
-            f"seed {self.seed}: {self.rounds} rounds, {self.source_changes} source changes, {self.cdc_copies} CDC "
-            f"copies, {self.drifts} drifts, {self.requests} callbacks, {self.kills} dispatchers SIGKILLed, "
+            f"seed {self.seed}: {self.rounds} rounds, {self.source_changes} source changes ({self.late_commits} "
+            f"committed late), {self.cdc_copies} CDC copies, {self.drifts} drifts, {self.requests} callbacks, "
+            f"{self.kills} dispatchers SIGKILLed, "
             f"{self.connection_kills} state connections killed, {self.task_failures} failed tasks, "
             f"{self.seconds:.1f} s, {len(self.violations)} violation(s)"
         )
@@ -256,6 +262,7 @@ class World:
         # (destination, key) whose destination row was changed by something other than a faithful copy
         # after the source row last changed: only a full rescan can see those
         self.dirty: set[tuple[str, str]] = set()
+        self.open_inserts: list[tuple[Any, float, str]] = []  # (connection, commit at, key): late commits
 
     def execute(self, sql: str, args: Any = None) -> Any:
         cur = self.conn.cursor()
@@ -292,11 +299,37 @@ class World:
         for destination in self.destinations:
             self.dirty.discard((destination, key))
 
-    def insert(self) -> None:
+    def insert(self, *, late: bool = False) -> None:
         self.next_number += 1
         key = f"k{self.next_number:06d}"
         name, ver = self._version(key)
-        self.execute("INSERT INTO src (number, name, ver) VALUES (%s, %s, %s)", (key, name, ver))
+        sql, args = "INSERT INTO src (number, name, ver) VALUES (%s, %s, %s)", (key, name, ver)
+        if late:
+            conn = self.server.connect(self.database)  # a transaction that commits a while after its id was taken
+            conn.autocommit(False)
+            conn.cursor().execute(sql, args)
+            self.open_inserts.append((conn, time.monotonic() + self.rng.uniform(0.1, LATE_COMMIT_MAX), key))
+            return
+        if self.settings.sparse_ids and self.rng.random() < 0.15:  # snowflake-like jumps ahead
+            top = self.execute("SELECT COALESCE(MAX(id), 0) FROM src").fetchone()[0]
+            for _ in range(5):  # an id an open late insert holds (not visible yet) is taken: jump again
+                with contextlib.suppress(Exception):
+                    jump = self.rng.randint(20, 100_000)
+                    explicit = "INSERT INTO src (id, number, name, ver) VALUES (%s, %s, %s, %s)"
+                    self.execute(explicit, (top + jump, *args))
+                    return
+        self.execute(sql, args)
+
+    def commit_due(self, everything: bool = False) -> None:
+        """Commit the late inserts whose time has come (all of them with ``everything``)."""
+        now = time.monotonic()
+        for entry in list(self.open_inserts):
+            conn, at, key = entry
+            if everything or at <= now:
+                conn.commit()
+                conn.close()
+                self.open_inserts.remove(entry)
+                self._source_changed(key)  # visible now: the CDC sees it from here on
 
     def keys(self) -> list[str]:
         return [r[0] for r in self.execute("SELECT number FROM src").fetchall()]
@@ -393,12 +426,17 @@ class World:
         return out
 
     def traffic(self, stop: threading.Event, report: SoakReport) -> None:
-        """The application and the CDC at work while cupid runs: changes, copies, drift."""
+        """The application and the CDC at work while cupid runs: changes, late commits, copies, drift."""
         while not stop.is_set():
             report.source_changes += self.mutate(self.rng.randint(1, 4))
+            if self.settings.late_commits and self.rng.random() < 0.15:
+                self.insert(late=True)
+                report.late_commits += 1
+            self.commit_due()
             if self.rng.random() < 0.5:
                 self.cdc(report)
             stop.wait(self.rng.uniform(0.01, 0.08))
+        self.commit_due(everything=True)
 
 
 # -- the cupid side ------------------------------------------------------------------------------------------
@@ -451,7 +489,7 @@ def run_soak(
     settings: SoakSettings,
     server: Server,
     prefix: str,
-    cupid_factory: Callable[[Server, str, str, dict[str, str]], Any],
+    cupid_factory: Callable[[Server, str, str, dict[str, str], random.Random], Any],
 ) -> SoakReport:
     """Run one seeded soak in fresh databases ``<prefix>_data`` and ``<prefix>_state``; drop them after."""
     rng = random.Random(settings.seed)
@@ -467,7 +505,8 @@ def run_soak(
     try:
         world.create()
         receivers = {d: ApplyingReceiver(server, data, d, d) for d in world.destinations}
-        cupid = cupid_factory(server, data, state, {d: r.url for d, r in receivers.items()})
+        urls = {d: r.url for d, r in receivers.items()}
+        cupid = cupid_factory(server, data, state, urls, random.Random(rng.random()))
         for number in range(settings.rounds):
             report.rounds = number + 1
             report.source_changes += world.mutate(rng.randint(1, settings.changes_per_round))
@@ -551,16 +590,26 @@ def _cupid_round(cupid: Any, settings: SoakSettings, rng: random.Random, report:
 
 
 def _quiesce(cupid: Any, report: SoakReport) -> None:
-    """No more faults or changes: incremental scans, then deliver until nothing is live."""
-    for _ in range(3):
-        report.task_failures += _attempt(cupid.sync)
+    """No more faults or changes: incremental scans until caught up, then deliver until nothing is live."""
+    _sync_until_caught_up(cupid, report)
     _drain_all(cupid, report)
 
 
 def _full_rescan(cupid: Any, report: SoakReport) -> None:
     """What a user does to repair what incremental scans cannot see: a rescan from the first id."""
-    report.task_failures += _attempt(lambda: cupid.sync(full=True))
+    _sync_until_caught_up(cupid, report, full=True)
     _drain_all(cupid, report)
+
+
+def _sync_until_caught_up(cupid: Any, report: SoakReport, full: bool = False) -> None:
+    """Sync runs (bounded ones stop partway) until one ends caught up; a failed run counts and goes on."""
+    for n in range(500):
+        try:
+            if cupid.sync(full=full and n == 0) and n >= 2:  # 2 more: the update window reaches now
+                return
+        except Exception:
+            report.task_failures += 1
+    raise AssertionError("sync runs never caught up")
 
 
 def _drain_all(cupid: Any, report: SoakReport) -> None:

@@ -14,9 +14,10 @@ from cupid_airflow.core.judge import JudgeSpec
 from cupid_airflow.core.sql import ConnectionParams, connect
 from cupid_airflow.core.store import PARKED, PENDING, DeliveryStore
 from cupid_airflow.core.sync import MemoryCursorStore, SyncPlan, SyncRun
-from tests.support.soak import CALLBACK_TIMEOUT, COLUMNS, CONFIG, start_child
+from tests.support.soak import CALLBACK_TIMEOUT, COLUMNS, CONFIG, LATE_COMMIT_SECOND, start_child
 
 if TYPE_CHECKING:
+    import random
     import subprocess
 
     from tests.support.soak import Arrival, Server
@@ -27,7 +28,8 @@ LEASE_SECOND = 4.0
 class CupidUnderTest:
     """Sync runs, deliver tries, failure-pool drains and child dispatchers over one config."""
 
-    def __init__(self, server: Server, data: str, state: str, urls: dict[str, str]) -> None:
+    def __init__(self, server: Server, data: str, state: str, urls: dict[str, str], rng: random.Random) -> None:
+        self.rng = rng
         self.arguments = {
             "server": [server.host, server.port, server.user, server.password],
             "data": data,
@@ -51,15 +53,19 @@ class CupidUnderTest:
             update=True,
             update_column="update_time",
             update_scan_second=0,  # no overlap: a lost detection is not found again by the next scan
-            late_commit_second=2,
+            late_commit_second=LATE_COMMIT_SECOND,
             lookup_connections=2,
+            # random run lengths: some runs stop on their budget partway and the next one goes on
+            batch_size=self.rng.choice([3, 17, 100, 5000]),
+            max_rows_per_run=self.rng.choice([20, 200, 500_000]),
         )
 
-    def sync(self, full: bool = False) -> None:
+    def sync(self, full: bool = False) -> bool:
+        """One sync run (a rescan from the first id with ``full``); True when it caught up."""
         store = DeliveryStore(self.state_params)
         try:
             store.ensure_schema()
-            SyncRun(self.plan(), self.cursors, store, start_id=1 if full else None).run()
+            return bool(SyncRun(self.plan(), self.cursors, store, start_id=1 if full else None).run()["caughtUp"])
         finally:
             store.close()
 
