@@ -42,9 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     seed = arguments.first_seed
     started = time.monotonic()
     while time.monotonic() < deadline and (arguments.seeds is None or totals["seeds"] < arguments.seeds):
-        report = run_soak(
-            SoakSettings(seed=seed, rounds=arguments.rounds), server, f"cupid_soak_{secrets.token_hex(3)}", CupidUnderTest
-        )
+        settings = SoakSettings(seed=seed, rounds=arguments.rounds)
+        report = run_soak(settings, server, f"cupid_soak_{secrets.token_hex(3)}", CupidUnderTest)
         print(report.line(), flush=True)
         totals["seeds"] += 1
         totals["rounds"] += report.rounds
