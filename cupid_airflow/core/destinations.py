@@ -215,10 +215,10 @@ class DestinationRegistry(LazyConnection):
         failures = literal_int(failures_after)
         total = failures if succeeded else f"failures + {failures}"
         cooldown_us = int(cooldown_second * 1_000_000)
+        otherwise = "NULL" if succeeded else "circuit_open_until"  # a success closes it
         self._execute(
-            f"UPDATE {self.table} SET circuit_open_until = CASE WHEN {'TRUE' if succeeded else 'FALSE'} "
-            f"AND {failures} = 0 THEN NULL WHEN {total} >= {literal_int(threshold)} "
-            f"THEN NOW(6) + INTERVAL {cooldown_us} MICROSECOND ELSE circuit_open_until END, "
+            f"UPDATE {self.table} SET circuit_open_until = CASE WHEN {total} >= {literal_int(threshold)} "
+            f"THEN NOW(6) + INTERVAL {cooldown_us} MICROSECOND ELSE {otherwise} END, "
             f"failures = {total}, last_error = COALESCE(%s, last_error) WHERE config = %s AND destination = %s",
             (None if last_error is None else last_error[:1024], config, destination),
         )

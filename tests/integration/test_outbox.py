@@ -608,3 +608,20 @@ def test_a_store_of_version_0_1_is_migrated_and_its_items_are_delivered_as_they_
     # the migrated dead item's key, detected again, is a new item
     assert store.record([Detection(CONFIG, "des0", number_of(3).encode(), 1, 3)]).new == 1
     store.close()
+
+
+def test_the_shared_breaker_opens_at_its_threshold_and_any_success_closes_it(params: ConnectionParams) -> None:
+    registry = DestinationRegistry(params)
+    try:
+        count = registry.count_sends
+        kwargs = {"threshold": 3, "cooldown_second": 60}
+        assert not count("cfg", "d", succeeded=False, failures_after=2, **kwargs).opened
+        opened = count("cfg", "d", succeeded=False, failures_after=1, **kwargs)  # 3 in a row, across calls
+        assert opened.opened and opened.open_for_second > 50
+        # a group with a success, then one failure: closed, and counting again from 1
+        after = count("cfg", "d", succeeded=True, failures_after=1, **kwargs)
+        assert (after.opened, after.failures) == (False, 1)
+        reopened = count("cfg", "d", succeeded=True, failures_after=3, **kwargs)  # a success, then 3 failures
+        assert reopened.opened
+    finally:
+        registry.close()
