@@ -1,4 +1,14 @@
-"""Measure callback delivery throughput against a local receiver and check nothing is lost."""
+"""Measure callback delivery throughput against a local receiver and check nothing is lost.
+
+Two figures per concurrency level, each from its own round:
+
+- ``deliver()``: HTTP alone (bodies built beforehand, nothing recorded);
+- ``dispatch()``: what the ``deliver`` task does per item — claim it in the store, read the
+  destination and the source row, build and sign nothing more than the body, POST it, record the
+  attempt and the result — against a source table of N rows missing at the destination.
+
+    .venv/bin/python bench/bench_delivery.py --count 20000
+"""
 
 from __future__ import annotations
 
@@ -105,6 +115,57 @@ def _round(base_url: str, count: int, concurrency: int, hmac_secret: str | None)
     return complete
 
 
+DISPATCH_DB = "cupid_bench_dispatch"
+
+
+def _dispatch_round(base_url: str, count: int, concurrency: int) -> bool:
+    """Plant ``count`` items of rows missing at the destination; time one dispatch() until all are delivered."""
+    from cupid_airflow.core.compare import DestinationSpec
+    from cupid_airflow.core.detection import Detection
+    from cupid_airflow.core.dispatch import DispatchSettings, Route, dispatch
+    from cupid_airflow.core.judge import JudgeSpec
+    from cupid_airflow.core.sql import ConnectionParams, connect
+    from cupid_airflow.core.store import DeliveryStore
+
+    admin = connect(ConnectionParams())
+    cursor = admin.cursor()
+    cursor.execute(f"DROP DATABASE IF EXISTS {DISPATCH_DB}")
+    cursor.execute(f"CREATE DATABASE {DISPATCH_DB} CHARACTER SET utf8mb4")
+    cursor.execute(f"USE {DISPATCH_DB}")
+    cursor.execute(
+        f"CREATE TABLE {DISPATCH_DB}.user (id BIGINT PRIMARY KEY, number VARCHAR(32) NOT NULL UNIQUE, "
+        "name VARCHAR(64), email VARCHAR(128), note VARCHAR(64), updated_at DATETIME)"
+    )
+    cursor.execute(f"CREATE TABLE {DISPATCH_DB}.user_copy (number VARCHAR(32) PRIMARY KEY, name VARCHAR(64))")
+    cursor.execute(
+        f"INSERT INTO {DISPATCH_DB}.user SELECT seq, CONCAT('u-', seq), CONCAT('user ', seq, ' Zoë'), "
+        f"CONCAT('user', seq, '@example.com'), NULL, '2025-01-02 03:04:06' FROM seq_1_to_{count}"
+    )
+    admin.close()
+    params = ConnectionParams(database=DISPATCH_DB)
+    store = DeliveryStore(params)
+    store.ensure_schema()
+    store.record([Detection("bench", "des0", f"u-{i}".encode(), 1, i) for i in range(1, count + 1)])
+    store.close()
+    spec = DestinationSpec("des0", "user_copy", "number", {"number": "number", "name": "name"})
+    route = Route(
+        "des0",
+        CallbackTarget(f"{base_url}/callback", concurrency=concurrency),
+        JudgeSpec("bench", "des0", params, "user", "id", "number", params, spec),
+    )
+    started = time.perf_counter()
+    outcome = dispatch(params, "bench", [route], DispatchSettings(batch_size=2000))["des0"]
+    wall = time.perf_counter() - started
+    report = _stats(base_url)
+    complete = outcome.delivered == count and report["received"] == count and report["distinct"] == count
+    print(
+        f"concurrency {concurrency:>3}: dispatch(): {count} items claimed, judged, sent and recorded in {wall:6.2f} s "
+        f"= {count / wall:8.0f} callbacks/s; delivered {outcome.delivered}, received {report['received']}, "
+        f"distinct {report['distinct']}" + ("" if complete else "  <-- LOST OR DUPLICATED")
+    )
+    return complete
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one round per concurrency level; return 1 when any callback was lost or duplicated."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -122,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         base_url = f"http://127.0.0.1:{port_queue.get(timeout=30)}"
         print(f"receiver (pid {receiver.pid}) at {base_url}")
         complete = [_round(base_url, arguments.count, level, arguments.hmac_secret) for level in levels]
+        complete += [_dispatch_round(base_url, arguments.count, level) for level in levels]
     finally:
         receiver.terminate()
         receiver.join(5)
