@@ -6,11 +6,12 @@ import asyncio
 import errno
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from cupid_airflow.core.payload import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, signature_header_value
+from cupid_airflow.core.redact import mask_text, url_shape
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -27,7 +28,7 @@ _OWN_HEADERS = {name.lower() for name in ("Content-Type", IDEMPOTENCY_HEADER, SI
 class CallbackTarget:
     """One application callback and how hard it may be called.
 
-    :param url: an ``http://`` or ``https://`` URL; redirects are not followed.
+    :param url: an ``http://`` or ``https://`` URL; redirects are not followed unless ``allow_redirects``.
     :param headers: extra request headers; they cannot override ``Content-Type``,
         ``Idempotency-Key`` or the signature header.
     :param timeout_second: limit for one whole request, connecting included.
@@ -35,6 +36,12 @@ class CallbackTarget:
     :param rate_limit_per_second: requests started per second at most (burst of one); None for no limit.
     :param hmac_secret: when set, each body is signed in ``X-Cupid-Signature: sha256=<hex>``.
     :param verify_ssl: verify the receiver's TLS certificate.
+    :param ca_bundle: a CA file (PEM) to verify it with instead of the system's.
+    :param client_cert: a client certificate for mutual TLS: (certificate file, key file or None when the
+        certificate file holds the key too).
+    :param proxy: an HTTP proxy URL (credentials may be in it) every request goes through.
+    :param trust_env: also take proxies and ``.netrc`` credentials from the environment.
+    :param allow_redirects: follow redirects (at most ``max_redirects``).
     :param breaker_threshold: consecutive failures after which this call sends nothing more.
     :param breaker_cooldown_second: how long the caller should leave the target alone after
         the breaker opened; :func:`deliver` itself never waits (the breaker stays open for
@@ -50,10 +57,16 @@ class CallbackTarget:
     verify_ssl: bool = True
     breaker_threshold: int = 20
     breaker_cooldown_second: float = 60.0
+    ca_bundle: str | None = None
+    client_cert: tuple[str, str | None] | None = None
+    proxy: str | None = field(default=None, repr=False)
+    trust_env: bool = False
+    allow_redirects: bool = False
+    max_redirects: int = 10
 
     def __post_init__(self) -> None:
         if not self.url.lower().startswith(("http://", "https://")):
-            raise ValueError(f"callback url {self.url!r} must start with http:// or https://")
+            raise ValueError(f"callback url {url_shape(self.url)!r} must start with http:// or https://")
         if self.timeout_second <= 0:
             raise ValueError(f"timeout_second must be > 0, got {self.timeout_second}")
         if self.concurrency < 1:
@@ -161,8 +174,10 @@ class _Run:
         self.timeout = aiohttp.ClientTimeout(total=target.timeout_second)
 
     async def run(self) -> list[DeliveryResult]:
-        connector = aiohttp.TCPConnector(limit=self.target.concurrency, ssl=self.target.verify_ssl)
-        async with aiohttp.ClientSession(connector=connector, timeout=self.timeout) as session:
+        connector = aiohttp.TCPConnector(limit=self.target.concurrency, ssl=_ssl_setting(self.target))
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=self.timeout, trust_env=self.target.trust_env
+        ) as session:
             workers = [
                 asyncio.create_task(self._worker(session)) for _ in range(min(self.target.concurrency, len(self.items)))
             ]
@@ -214,7 +229,12 @@ class _Run:
         status: int | None = None
         try:
             async with session.post(
-                self.target.url, data=item.body, headers=self._headers(item), allow_redirects=False
+                self.target.url,
+                data=item.body,
+                headers=self._headers(item),
+                proxy=self.target.proxy,
+                allow_redirects=self.target.allow_redirects,
+                max_redirects=self.target.max_redirects,
             ) as response:
                 status = response.status
                 error = None if 200 <= status < 300 else await _answer_error(response)
@@ -229,6 +249,23 @@ class _Run:
             error=error[:ERROR_MAX_CHARS] if error else None,
             elapsed_second=time.monotonic() - started,
         )
+
+
+def _ssl_setting(target: CallbackTarget) -> Any:
+    """What aiohttp's ``ssl`` takes: False (no verification), True (the defaults) or a context."""
+    if not target.verify_ssl and target.client_cert is None:
+        return False
+    if target.ca_bundle is None and target.client_cert is None:
+        return True
+    import ssl
+
+    context = ssl.create_default_context(cafile=target.ca_bundle)
+    if not target.verify_ssl:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if target.client_cert is not None:
+        context.load_cert_chain(*target.client_cert)
+    return context
 
 
 async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
@@ -256,8 +293,9 @@ async def _answer_error(response: aiohttp.ClientResponse) -> str:
     status = response.status
     excerpt = _excerpt(await _read_capped(response))
     if 300 <= status < 400:
-        location = response.headers.get("Location", "(no Location header)")
-        return f"redirect {status} to {location} (redirects are not followed; fix the callback url)"
+        location = response.headers.get("Location")
+        where = url_shape(location) if location else "(no Location header)"
+        return f"redirect {status} to {where} (redirects are not followed; fix the callback url)"
     if excerpt:
         return f"HTTP {status}: {excerpt}"
     reason = f" {response.reason}" if response.reason else ""
@@ -265,6 +303,13 @@ async def _answer_error(response: aiohttp.ClientResponse) -> str:
 
 
 def _transport_error(exc: BaseException) -> str:
+    """A one-line reason that names hosts and ports but never a URL's query, credentials or path tokens."""
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return f"cannot connect to the proxy {exc.host}:{exc.port}: {exc.os_error}"
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return f"the proxy refused the request: HTTP {exc.status} {_one_line(exc.message)}"
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return f"more than the allowed redirects, the last to {url_shape(str(exc.request_info.real_url))}"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return f"TLS certificate of {exc.host}:{exc.port} not accepted: {exc.certificate_error}"
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
@@ -280,5 +325,5 @@ def _transport_error(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientResponseError):
         return f"invalid HTTP answer: {_one_line(exc.message)}"
     if isinstance(exc, aiohttp.InvalidURL):
-        return f"invalid callback url: {exc}"
-    return f"{type(exc).__name__}: {_one_line(str(exc))}"
+        return f"invalid callback url: {url_shape(str(exc.url))}"
+    return f"{type(exc).__name__}: {mask_text(_one_line(str(exc)))}"

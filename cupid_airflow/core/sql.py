@@ -53,7 +53,11 @@ def literal_int(value: int) -> str:
 
 @dataclass(frozen=True)
 class ConnectionParams:
-    """Where a MySQL server is; ``repr`` never shows the password."""
+    """Where a MySQL server is; ``repr`` never shows the password.
+
+    :param options: more mysqlclient ``connect()`` arguments (``ssl``, ``ssl_mode``, ``init_command``,
+        ``charset``...), e.g. from an Airflow connection; they cannot turn the raw-bytes results off.
+    """
 
     host: str = "127.0.0.1"
     port: int = 3306
@@ -61,6 +65,7 @@ class ConnectionParams:
     password: str = field(default="", repr=False)
     database: str | None = None
     unix_socket: str | None = None
+    options: dict[str, Any] = field(default_factory=dict, repr=False, hash=False)
 
     def describe(self) -> str:
         """A password-free description for logs and errors."""
@@ -110,6 +115,9 @@ class LazyConnection:
         return cursor
 
 
+_RAW_RESULTS = frozenset({"conv", "use_unicode", "cursorclass"})  # what the byte-exact compare relies on
+
+
 def connect(params: ConnectionParams, *, connect_timeout: int = 10, read_timeout: int | None = None) -> Any:
     """Open a mysqlclient connection that returns every value as raw bytes.
 
@@ -132,6 +140,7 @@ def connect(params: ConnectionParams, *, connect_timeout: int = 10, read_timeout
     }
     if read_timeout:
         kwargs["read_timeout"] = read_timeout
+    kwargs.update((k, v) for k, v in params.options.items() if k not in _RAW_RESULTS)
     if params.database:
         kwargs["db"] = params.database
     if params.unix_socket:
