@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseNotifier
 
+from cupid_airflow.core.alerts import WebhookError
 from cupid_airflow.core.config import load_config
 from cupid_airflow.core.redact import mask_text
 
@@ -110,7 +111,7 @@ def run_bounded(calls: list[tuple[str, float, Callable[[], None]]]) -> list[str]
             call()
             outcomes[index] = None
         except Exception as err:  # an alert must never fail or block delivery
-            outcomes[index] = f"{type(err).__name__}: {err}"
+            outcomes[index] = str(err) if isinstance(err, WebhookError) else f"{type(err).__name__}: {err}"
 
     started = time.monotonic()
     threads = []

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from cupid_airflow.core.payload import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, signature_header_value
-from cupid_airflow.core.redact import mask_text, url_shape
+from cupid_airflow.core.redact import is_secret_name, mask_text, url_secrets, url_shape
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -172,6 +172,13 @@ class _Run:
             (name, value) for name, value in target.headers.items() if name.lower() not in _OWN_HEADERS
         )
         self.timeout = aiohttp.ClientTimeout(total=target.timeout_second)
+        # what a receiver might echo back in an error answer, kept out of the recorded error
+        self.secrets = [
+            *(value for name, value in target.headers.items() if is_secret_name(name)),
+            *([target.hmac_secret] if target.hmac_secret else []),
+            *url_secrets(target.url),
+            *(url_secrets(target.proxy) if target.proxy else []),
+        ]
 
     async def run(self) -> list[DeliveryResult]:
         connector = aiohttp.TCPConnector(limit=self.target.concurrency, ssl=_ssl_setting(self.target))
@@ -246,7 +253,7 @@ class _Run:
             item.item_id,
             ok=error is None,
             http_status=status,
-            error=error[:ERROR_MAX_CHARS] if error else None,
+            error=mask_text(error, self.secrets)[:ERROR_MAX_CHARS] if error else None,
             elapsed_second=time.monotonic() - started,
         )
 

@@ -70,7 +70,13 @@ def mask_text(text: str, secrets: Iterable[str | None] = ()) -> str:
     for secret in sorted(_with_encodings(s for s in secrets if s), key=len, reverse=True):
         if len(secret) >= _SHORTEST_SECRET:
             text = text.replace(secret, MASK)
-    return _URL_IN_TEXT.sub(lambda m: url_shape(m.group(0)), text)
+    return _URL_IN_TEXT.sub(_shape_match, text)
+
+
+def _shape_match(match: re.Match[str]) -> str:
+    url = match.group(0)
+    stripped = url.rstrip(".,;:)]}")  # sentence punctuation after a URL is not part of it
+    return url_shape(stripped) + url[len(stripped) :]
 
 
 def _with_encodings(values: Iterable[str]) -> list[str]:

@@ -76,14 +76,17 @@ class WebhookNotifier(BaseNotifier):
         return f"{self.format} webhook {where}"
 
     def notify(self, context: Context) -> None:
-        self.post(*self.target())
+        try:
+            self.post(*self.target())
+        except WebhookError as err:
+            raise WebhookError(f"{self.describe()}: {err}") from None
 
     def post(self, url: str, headers: dict[str, str]) -> None:
         """POST the message (bounded by ``timeout``); raise :class:`WebhookError` when it was not taken."""
         body = webhook_body(self.format, self.event, self.text, self.details)
         error = send_webhook(url, body, self.timeout, self.format, headers)
         if error:
-            raise WebhookError(f"{self.describe()}: {error}")
+            raise WebhookError(error)
 
     def target(self) -> tuple[str, dict[str, str]]:
         """The URL to POST to and extra headers, every secret in them registered with the log masker."""
@@ -103,7 +106,7 @@ class WebhookNotifier(BaseNotifier):
             try:
                 url = webhook_url(self.format, base, self.endpoint, conn.password)
             except ValueError as err:
-                raise WebhookError(f"{self.describe()}: {err}") from None
+                raise WebhookError(f"connection {self.conn_id!r}: {err}") from None
             if self.format in ("json", "text") and conn.password:
                 headers["Authorization"] = _authorization(conn.login, conn.password)
                 mask_secret(headers["Authorization"])
