@@ -32,6 +32,7 @@ STEM_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 RESERVED_KEYS = ("name", "path", "sha256")
 _NEAR_RE = re.compile(r"near (\d+)")
+_CODEPOINT_RE = re.compile(r"U\+([0-9A-Fa-f]{4,6})")
 
 
 class CupidConfigWarning(UserWarning):
@@ -516,12 +517,13 @@ def parse_json5(text: str) -> Any:
     try:
         return pyjson5.decode(text)
     except pyjson5.Json5Exception as err:
-        message = str(err.message)
+        message = _CODEPOINT_RE.sub(lambda m: repr(chr(int(m.group(1), 16))), str(err.message))
+        message = re.sub(r"b'([^']*)'", r"\1", message.replace("b'comma'", "','")).replace("JSON5Value", "a value")
         near = _NEAR_RE.search(message)
         if near:
-            offset = int(near.group(1))
-            line = text.count("\n", 0, offset) + 1
-            column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+            index = max(0, int(near.group(1)) - 1)
+            line = text.count("\n", 0, index) + 1
+            column = index - (text.rfind("\n", 0, index) + 1) + 1
             message = _NEAR_RE.sub(f"at line {line}, column {column}", message)
         raise ValueError(message) from None
 

@@ -30,11 +30,12 @@ def url_shape(url: str) -> str:
         text = "//" + text  # schemeless, as the original cupid's sample: still a host first
     try:
         parts = urlsplit(text)
-        host = parts.hostname or ""
+    except ValueError:  # an unbalanced [ ]: nothing in it can be trusted to be safe
+        return f"{text.partition('://')[0]}://{MASK}" if "://" in url else MASK
+    host = parts.hostname or ""
+    try:
         port = parts.port
-    except ValueError:  # a bad port or bracket: keep what is surely not secret
-        parts = urlsplit(text.split("?", 1)[0].split("#", 1)[0])
-        host = parts.netloc.rsplit("@", 1)[-1].split(":", 1)[0]
+    except ValueError:  # not a number from 0 to 65535: left out
         port = None
     if ":" in host:
         host = f"[{host}]"
