@@ -1,16 +1,44 @@
-"""The ``airflow cupid`` command group, declared under ``cli`` in the provider info."""
+"""The ``airflow cupid`` command group (declared under ``cli`` in the provider info) and, from the same
+definitions, the parser of ``python -m cupid_airflow``, which checks arguments before importing Airflow."""
 
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
-
-from airflow.cli.cli_config import ActionCommand, Arg, GroupCommand, lazy_load_command
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
+
+    from airflow.cli.cli_config import GroupCommand
 
 COMMANDS_MODULE = "cupid_airflow.cli.commands"
+
+
+class Arg:
+    """One argument, as ``airflow.cli.cli_config.Arg`` (and ``argparse``) take it."""
+
+    def __init__(self, flags: tuple[str, ...], **kwargs: Any) -> None:
+        self.flags = flags
+        self.kwargs = kwargs
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str
+    help: str
+    func: str
+    args: tuple[Arg, ...]
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    help: str
+    subcommands: tuple[Action | Group, ...]
+    description: str | None = None
+
 
 ARG_CONFIG = Arg(("config",), help="a config file, or the name of a config in the configs folder")
 ARG_OUTPUT = Arg(
@@ -41,79 +69,104 @@ ARG_PATHS = Arg(("paths",), nargs="+", metavar="PATH", help="config files, or fo
 
 
 POOL_COMMANDS = (
-    ActionCommand(
-        name="stats",
-        help="Items of a config's delivery store by status, and the oldest parked and pending ages",
-        func=lazy_load_command(f"{COMMANDS_MODULE}.pool_stats"),
-        args=(ARG_CONFIG, ARG_OUTPUT),
+    Action(
+        "stats",
+        "Items of a config's delivery store by status, and the oldest parked and pending ages",
+        "pool_stats",
+        (ARG_CONFIG, ARG_OUTPUT),
     ),
-    ActionCommand(
-        name="list",
-        help="List items of a config's delivery store, oldest first",
-        func=lazy_load_command(f"{COMMANDS_MODULE}.pool_list"),
-        args=(ARG_CONFIG, ARG_LIST_STATUS, ARG_LIMIT, ARG_OUTPUT, ARG_JSON_LINES),
+    Action(
+        "list",
+        "List items of a config's delivery store, oldest first",
+        "pool_list",
+        (ARG_CONFIG, ARG_LIST_STATUS, ARG_LIMIT, ARG_OUTPUT, ARG_JSON_LINES),
     ),
-    ActionCommand(
-        name="requeue",
-        help="Put dead (or other) items back into the failure pool with a fresh attempt count",
-        func=lazy_load_command(f"{COMMANDS_MODULE}.pool_requeue"),
-        args=(ARG_CONFIG, ARG_FROM, ARG_IDS, ARG_YES),
+    Action(
+        "requeue",
+        "Put dead (or other) items back into the failure pool with a fresh attempt count",
+        "pool_requeue",
+        (ARG_CONFIG, ARG_FROM, ARG_IDS, ARG_YES),
     ),
-    ActionCommand(
-        name="purge",
-        help="Delete delivered and resolved items (needs --yes)",
-        func=lazy_load_command(f"{COMMANDS_MODULE}.pool_purge"),
-        args=(ARG_CONFIG, ARG_PURGE_STATUS, ARG_IDS, ARG_YES, ARG_LOSES_DATA),
+    Action(
+        "purge",
+        "Delete delivered and resolved items (needs --yes)",
+        "pool_purge",
+        (ARG_CONFIG, ARG_PURGE_STATUS, ARG_IDS, ARG_YES, ARG_LOSES_DATA),
     ),
-    ActionCommand(
-        name="dead",
-        help="Move parked items past the failure pool's limits to dead now",
-        func=lazy_load_command(f"{COMMANDS_MODULE}.pool_dead"),
-        args=(ARG_CONFIG, ARG_MAX_ATTEMPTS, ARG_MAX_AGE),
-    ),
-)
-
-CONFIG_COMMANDS = (
-    ActionCommand(
-        name="check",
-        help="Validate config files and build their DAGs as the dag-processor will",
-        func=lazy_load_command(f"{COMMANDS_MODULE}.config_check"),
-        args=(ARG_PATHS, ARG_OUTPUT),
+    Action(
+        "dead",
+        "Move parked items past the failure pool's limits to dead now",
+        "pool_dead",
+        (ARG_CONFIG, ARG_MAX_ATTEMPTS, ARG_MAX_AGE),
     ),
 )
 
-CUPID_COMMANDS = (
-    GroupCommand(name="pool", help="The delivery store and failure pool of one config", subcommands=POOL_COMMANDS),
-    GroupCommand(name="config", help="cupid config files", subcommands=CONFIG_COMMANDS),
+CUPID = Group(
+    "cupid",
+    "cupid-airflow: the failure pool and config files",
+    (
+        Group("pool", "The delivery store and failure pool of one config", POOL_COMMANDS),
+        Group(
+            "config",
+            "cupid config files",
+            (
+                Action(
+                    "check",
+                    "Validate config files and build their DAGs as the dag-processor will",
+                    "config_check",
+                    (ARG_PATHS, ARG_OUTPUT),
+                ),
+            ),
+        ),
+    ),
+    description="Inspect and act on cupid's delivery store and failure pool; check config files.",
 )
 
 
 def get_cupid_cli_commands() -> list[GroupCommand]:
     """The ``cli`` entry of the provider info: ``airflow cupid pool ...`` and ``airflow cupid config ...``."""
-    return [
-        GroupCommand(
-            name="cupid",
-            help="cupid-airflow: the failure pool and config files",
-            description="Inspect and act on cupid's delivery store and failure pool; check config files.",
-            subcommands=CUPID_COMMANDS,
+    from airflow.cli import cli_config
+
+    def convert(command: Action | Group) -> Any:
+        if isinstance(command, Group):
+            return cli_config.GroupCommand(
+                name=command.name,
+                help=command.help,
+                description=command.description,
+                subcommands=[convert(c) for c in command.subcommands],
+            )
+        return cli_config.ActionCommand(
+            name=command.name,
+            help=command.help,
+            func=cli_config.lazy_load_command(f"{COMMANDS_MODULE}.{command.func}"),
+            args=tuple(cli_config.Arg(arg.flags, **arg.kwargs) for arg in command.args),
         )
-    ]
+
+    return [convert(CUPID)]
 
 
 def build_parser(prog: str = "python -m cupid_airflow") -> argparse.ArgumentParser:
     """The same commands without Airflow's CLI around them (``python -m cupid_airflow``)."""
-    parser = argparse.ArgumentParser(prog=prog, description=get_cupid_cli_commands()[0].description)
-    _add_commands(parser, CUPID_COMMANDS)
+    parser = argparse.ArgumentParser(prog=prog, description=CUPID.description)
+    _add_commands(parser, CUPID.subcommands)
     return parser
 
 
-def _add_commands(parser: argparse.ArgumentParser, commands: Sequence[ActionCommand | GroupCommand]) -> None:
+def _add_commands(parser: argparse.ArgumentParser, commands: Sequence[Action | Group]) -> None:
     subparsers = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
     for command in commands:
-        sub = subparsers.add_parser(command.name, help=command.help, description=command.description or command.help)
-        if isinstance(command, GroupCommand):
-            _add_commands(sub, tuple(command.subcommands))
+        description = command.description if isinstance(command, Group) else None
+        sub = subparsers.add_parser(command.name, help=command.help, description=description or command.help)
+        if isinstance(command, Group):
+            _add_commands(sub, command.subcommands)
         else:
             for arg in command.args:
-                arg.add_to_parser(sub)
-            sub.set_defaults(func=command.func)
+                sub.add_argument(*arg.flags, **arg.kwargs)
+            sub.set_defaults(func=_lazy(command.func))
+
+
+def _lazy(name: str) -> Callable[[argparse.Namespace], None]:
+    def run(args: argparse.Namespace) -> None:
+        getattr(importlib.import_module(COMMANDS_MODULE), name)(args)
+
+    return run
