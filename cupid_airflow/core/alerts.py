@@ -13,7 +13,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from cupid_airflow.core.redact import mask_text, url_secrets
+from cupid_airflow.core.redact import is_secret_name, mask_text, url_secrets
 
 WEBHOOK_FORMATS = ("json", "text", "slack", "wecom", "dingtalk", "feishu")
 ANSWER_CAP = 64 * 1024
@@ -121,7 +121,11 @@ def send_webhook(
     worker.join(timeout_second)
     if not outcome:
         return f"no complete answer within {timeout_second:g} s"
-    return outcome[0]
+    if outcome[0] is None:
+        return None
+    # a platform may repeat the URL or headers it was called with in its error message
+    secrets = [*url_secrets(url), *(v for k, v in (headers or {}).items() if is_secret_name(k))]
+    return mask_text(outcome[0], secrets)
 
 
 def _post(url: str, body: bytes, timeout_second: float, fmt: str, headers: dict[str, str]) -> str | None:
@@ -137,4 +141,4 @@ def _post(url: str, body: bytes, timeout_second: float, fmt: str, headers: dict[
     except urllib.error.HTTPError as err:
         return answer_error(fmt, err.code, err.read(ANSWER_CAP) if err.fp else b"")
     except Exception as err:  # an alert must never fail or block delivery
-        return mask_text(f"{type(err).__name__}: {err}", url_secrets(url))
+        return f"{type(err).__name__}: {err}"

@@ -267,14 +267,9 @@ def test_known_extras_are_options_and_the_rest_headers(tmp_path: Path, monkeypat
     for option in ("timeout", "verify", "allow_redirects", "max_redirects", "trust_env"):
         assert option not in headers, option
     assert target.timeout_second == 7 and target.max_redirects == 3
-
-
-def test_an_explicit_timeout_in_the_config_wins_over_the_connection(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    conn_id = set_connection(monkeypatch, new_id("to"), conn_type="http", host="127.0.0.1", extra={"timeout": 7})
-    config = callback_config(tmp_path, httpConnId=conn_id, timeoutSecond=2)
-    assert callback_target(config, config.des[0]).timeout_second == 2
+    # a timeoutSecond written in the config wins over the connection's timeout
+    explicit = callback_config(tmp_path, httpConnId=conn_id, timeoutSecond=2)
+    assert callback_target(explicit, explicit.des[0]).timeout_second == 2
 
 
 def test_proxies_with_credentials_are_used_not_sent_as_a_header(
@@ -301,30 +296,30 @@ def test_proxies_with_credentials_are_used_not_sent_as_a_header(
     )
 
 
-@pytest.mark.parametrize(
-    ("extra", "delivered"),
-    [
-        pytest.param({}, False, id="default-verifies"),
-        pytest.param({"verify": False}, True, id="verify-false"),
-        pytest.param({"verify": "false"}, True, id="verify-false-as-text"),
-        pytest.param({"verify_ssl": False}, True, id="verify_ssl-false"),
-        pytest.param({"verify": "CA"}, True, id="verify-ca-bundle"),
-    ],
-)
-def test_tls_verification_follows_the_connection(
-    pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: dict[str, Any], delivered: bool
-) -> None:
-    """verify_ssl: false was ignored, and a CA bundle path was taken as plain 'verify'."""
-    extra = {k: str(pki.ca) if v == "CA" else v for k, v in extra.items()}
+TLS_CASES = [
+    ({}, False),  # verifies by default: the test CA is not trusted
+    ({"verify": False}, True),
+    ({"verify": "false"}, True),  # as text, as in a connection URI
+    ({"verify_ssl": False}, True),
+    ({"verify": "CA"}, True),  # a CA bundle path
+]
+
+
+def test_tls_verification_follows_the_connection(pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """verify_ssl: false was ignored, "false" as text meant true, and a CA bundle path was taken as plain
+    'verify' with the system's CAs."""
+    outcomes = []
     with Recorder(context=pki.server_context()) as recorder:
-        conn_id = set_connection(
-            monkeypatch, new_id("tls"), conn_type="http", host=f"https://127.0.0.1:{recorder.port}", extra=extra
-        )
-        [result] = send_one(callback_config(tmp_path, httpConnId=conn_id, endpoint="/cupid/callback"))
-    assert result.ok is delivered, result.error
-    assert len(recorder.requests) == int(delivered)
-    if not delivered:
-        assert result.error and "TLS certificate of 127.0.0.1" in result.error
+        for extra, _ in TLS_CASES:
+            extra = {k: str(pki.ca) if v == "CA" else v for k, v in extra.items()}
+            conn_id = set_connection(
+                monkeypatch, new_id("tls"), conn_type="http", host=f"https://127.0.0.1:{recorder.port}", extra=extra
+            )
+            [result] = send_one(callback_config(tmp_path, httpConnId=conn_id, endpoint="/cupid/callback"))
+            outcomes.append(result)
+    assert [r.ok for r in outcomes] == [delivered for _, delivered in TLS_CASES], [r.error for r in outcomes]
+    assert len(recorder.requests) == sum(delivered for _, delivered in TLS_CASES)
+    assert outcomes[0].error and "TLS certificate of 127.0.0.1" in outcomes[0].error
 
 
 def test_a_client_certificate_from_the_connection_is_presented(

@@ -15,7 +15,10 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 @dataclass(frozen=True)
@@ -213,10 +216,12 @@ class Recorder:
 
     :param answers: request path -> (status, headers, body); every other path answers 204.
     :param context: a server TLS context for HTTPS.
+    :param respond: when set, answers every request (it wins over ``answers``).
     """
 
     answers: dict[str, tuple[int, dict[str, str], bytes]] = field(default_factory=dict)
     context: ssl.SSLContext | None = None
+    respond: Callable[[Request], tuple[int, dict[str, str], bytes]] | None = None
     requests: list[Request] = field(default_factory=list)
 
     def __enter__(self) -> Recorder:
@@ -228,10 +233,14 @@ class Recorder:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 peer = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
-                recorder.requests.append(Request("POST", self.path, dict(self.headers), body, peer or None))
+                request = Request("POST", self.path, dict(self.headers), body, peer or None)
+                recorder.requests.append(request)
                 path = self.path.split("://", 1)[-1]
                 path = "/" + path.split("/", 1)[1] if "://" in self.path else self.path
-                status, headers, answer = recorder.answers.get(path.split("?", 1)[0], (204, {}, b""))
+                if recorder.respond is not None:
+                    status, headers, answer = recorder.respond(request)
+                else:
+                    status, headers, answer = recorder.answers.get(path.split("?", 1)[0], (204, {}, b""))
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
