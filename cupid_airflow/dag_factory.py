@@ -43,7 +43,11 @@ def config_folder(dags_folder: str | Path) -> Path:
 
 
 def build_dags(config: CupidConfig) -> dict[str, DAG]:
-    """The sync DAG and the failure-pool DAG of one config."""
+    """The sync DAG and the failure-pool DAG of one config.
+
+    They are not auto-registered with the module being parsed: ``cupid_dags.py`` exports them by name,
+    and ``cupid_config_errors.py`` builds them only to check that they can be built.
+    """
     from airflow.providers.standard.operators.empty import EmptyOperator
     from airflow.sdk import DAG, Param
 
@@ -58,6 +62,7 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
         alerts["on_failure_callback"] = TaskFailureAlert(config.path)
     with DAG(
         dag_id=config.sync_dag_id,
+        auto_register=False,
         schedule=config.schedule,
         start_date=START_DATE,
         catchup=False,
@@ -89,6 +94,7 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
         compare >> done
     with DAG(
         dag_id=config.failure_pool_dag_id,
+        auto_register=False,
         schedule=timedelta(seconds=config.failure_pool.schedule_second),
         start_date=START_DATE,
         catchup=False,
@@ -103,6 +109,7 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
         schedule = config.reconcile.schedule
         with DAG(
             dag_id=config.reconcile_dag_id,
+            auto_register=False,
             schedule=timedelta(seconds=schedule) if isinstance(schedule, int) else schedule,
             start_date=START_DATE,
             catchup=False,
