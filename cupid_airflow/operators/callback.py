@@ -126,7 +126,7 @@ class CallbackOperator(BaseOperator):
                 config,
                 "dead",
                 f"{killed} parked callback(s) reached the failure pool's limits and are "
-                f"now dead; requeue them with `python -m cupid_airflow pool requeue {config.name}`",
+                f"now dead; requeue them with `airflow cupid pool requeue {config.name}`",
                 {"dead": killed},
                 context,
             )
