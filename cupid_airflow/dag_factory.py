@@ -15,6 +15,7 @@ from cupid_airflow.core.config import (
     find_config_files,
     load_config,
 )
+from cupid_airflow.core.redact import url_shape
 from cupid_airflow.core.store import STORE_TABLE
 from cupid_airflow.cursors import cursor_variable_key
 
@@ -44,7 +45,11 @@ def config_folder(dags_folder: str | Path) -> Path:
 
 
 def build_dags(config: CupidConfig) -> dict[str, DAG]:
-    """The sync DAG and the failure-pool DAG of one config."""
+    """The sync DAG and the failure-pool DAG of one config.
+
+    They are not auto-registered with the module being parsed: ``cupid_dags.py`` exports them by name,
+    and ``cupid_config_errors.py`` builds them only to check that they can be built.
+    """
     from airflow.providers.standard.operators.empty import EmptyOperator
     from airflow.sdk import DAG, Param
 
@@ -59,6 +64,7 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
         alerts["on_failure_callback"] = TaskFailureAlert(config.path)
     with DAG(
         dag_id=config.sync_dag_id,
+        auto_register=False,
         schedule=config.schedule,
         start_date=START_DATE,
         catchup=False,
@@ -97,6 +103,7 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
         compare >> done
     with DAG(
         dag_id=config.failure_pool_dag_id,
+        auto_register=False,
         schedule=timedelta(seconds=config.failure_pool.schedule_second),
         start_date=START_DATE,
         catchup=False,
@@ -118,6 +125,7 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
         schedule = config.reconcile.schedule
         with DAG(
             dag_id=config.reconcile_dag_id,
+            auto_register=False,
             schedule=timedelta(seconds=schedule) if isinstance(schedule, int) else schedule,
             start_date=START_DATE,
             catchup=False,
@@ -168,27 +176,44 @@ def load_dags(dags_folder: str | Path) -> dict[str, DAG]:
         if wanted and wanted not in (f"cupid_{name}_sync", f"cupid_{name}_failure_pool", f"cupid_{name}_reconcile"):
             continue
         try:
-            dags.update(build_dags(_load(path)))
-        except Exception as err:  # one config never drops the others
-            log.warning("skipping config %s: %s", path, err)
+            dags.update(build_config(path))
+        except CupidConfigError as err:  # one config never drops the others; cupid_config_errors.py reports it
+            log.warning("skipping config %s", err)
     return dags
 
 
 def config_errors(dags_folder: str | Path) -> list[str]:
-    """One line per broken config file of the configs folder."""
+    """One line per broken config file of the configs folder: it cannot be loaded, or its DAGs cannot be
+    built (those would otherwise vanish from :func:`load_dags` with only a log line)."""
     files, errors = _config_files(dags_folder)
     for path in files.values():
         try:
-            _load(path)
+            build_config(path)
         except CupidConfigError as err:
             errors.append(str(err))
     return errors
 
 
+def build_config(path: str | Path) -> dict[str, DAG]:
+    """Load a config file and build its DAGs, as the dag-processor does; every failure is a
+    :class:`CupidConfigError` naming the file."""
+    path = Path(path)
+    config = _load(path)
+    try:
+        return build_dags(config)
+    except Exception as err:
+        raise CupidConfigError(path, [f"its DAGs cannot be built: {type(err).__name__}: {err}"]) from err
+
+
 def _config_files(dags_folder: str | Path) -> tuple[dict[str, Path], list[str]]:
     """Config files by config name, and an error for each name that several files claim."""
+    return group_by_config_name(find_config_files(config_folder(dags_folder)))
+
+
+def group_by_config_name(paths: list[Path]) -> tuple[dict[str, Path], list[str]]:
+    """Config files by config name, and an error for each name that several of them claim."""
     by_name: dict[str, list[Path]] = {}
-    for path in find_config_files(config_folder(dags_folder)):
+    for path in paths:
         by_name.setdefault(config_name(path), []).append(path)
     errors = [
         f"{', '.join(map(str, paths))}: these files all name the config {name!r}, whose DAG ids, cursors and "
@@ -230,7 +255,7 @@ def _sync_doc(config: CupidConfig) -> str:
     lines = [
         f"# cupid sync: `{config.name}`",
         "",
-        f"Config file: `{config.path}`",
+        _config_line(config),
         "",
         f"**Source** `{src.table}` ({src.describe()}), key `{src.by_column}`, id column `{src.id_column}`; "
         f"watching {'new rows' if src.insert else ''}{' and ' if src.insert and src.update else ''}"
@@ -242,7 +267,7 @@ def _sync_doc(config: CupidConfig) -> str:
     for name, des in zip(config.destination_names, config.des, strict=False):
         callback = des.callback_notification
         target = (
-            _masked_url(callback.url) if callback.url else f"connection `{callback.http_conn_id}`{callback.endpoint}"
+            url_shape(callback.url) if callback.url else f"connection `{callback.http_conn_id}`{callback.endpoint}"
         )
         lines.append(
             f"| {name} | `{des.table}` ({des.describe()}) | `{des.by_column}` | {', '.join(des.columns)} | "
@@ -260,16 +285,9 @@ def _sync_doc(config: CupidConfig) -> str:
     return "\n".join(lines)
 
 
-def _masked_url(url: str) -> str:
-    """A URL without its password and query string (tokens often live there)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        netloc = f"{userinfo.split(':', 1)[0]}:***@{host}" if ":" in userinfo else f"{userinfo}@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
+def _config_line(config: CupidConfig) -> str:
+    """The config file and a hash of its bytes, so an edit shows in the DAG's docs."""
+    return f"Config file: `{config.path}` (sha256 `{config.sha256[:16]}`)"
 
 
 def _reconcile_doc(config: CupidConfig) -> str:
@@ -277,7 +295,8 @@ def _reconcile_doc(config: CupidConfig) -> str:
 
     section = config.reconcile
     return (
-        f"# cupid reconcile: `{config.name}`\n\nVerifies the whole source table `{config.src.table}` against every "
+        f"# cupid reconcile: `{config.name}`\n\n{_config_line(config)}\n\n"
+        f"Verifies the whole source table `{config.src.table}` against every "
         "destination: both tables are read in their own primary-key order, rows are checksummed per hash bucket "
         "of the key, and only rows of differing buckets are fetched. Records each missing or different row"
         f"{' and each row deleted at the source (type 3)' if section.detect_deletes else ''} in the delivery store; "
@@ -293,6 +312,7 @@ def _reconcile_doc(config: CupidConfig) -> str:
 def _pool_doc(config: CupidConfig) -> str:
     return (
         f"# cupid failure pool: `{config.name}`\n\nRetries parked callbacks of `{config.sync_dag_id}` every "
-        f"{config.failure_pool.schedule_second} s, oldest first, until delivered.\n\n"
-        f"Inspect and act: `python -m cupid_airflow pool list {config.path}`."
+        f"{config.failure_pool.schedule_second} s, oldest first, until delivered.\n\n{_config_line(config)}\n\n"
+        f"Inspect and act: `airflow cupid pool list {config.name}` (or `python -m cupid_airflow pool list "
+        f"{config.path}`)."
     )

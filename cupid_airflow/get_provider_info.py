@@ -35,4 +35,31 @@ def get_provider_info() -> dict[str, Any]:
                 ],
             }
         ],
+        "notifications": [
+            "cupid_airflow.notifications.webhook.WebhookNotifier",
+            "cupid_airflow.notifications.webhook.JsonWebhookNotifier",
+            "cupid_airflow.notifications.webhook.SlackWebhookNotifier",
+            "cupid_airflow.notifications.webhook.WeComWebhookNotifier",
+            "cupid_airflow.notifications.webhook.DingTalkWebhookNotifier",
+            "cupid_airflow.notifications.webhook.FeishuWebhookNotifier",
+        ],
+        "cli": ["cupid_airflow.cli.definition.get_cupid_cli_commands"],
+        "config": {
+            "cupid": {
+                "description": "Options of cupid-airflow.",
+                "options": {
+                    "config_folder": {
+                        "description": (
+                            "The folder of cupid config files (one sync DAG per file). The environment "
+                            "variable CUPID_CONFIG_FOLDER wins over it; when neither is set, the folder "
+                            "``cupid`` beside the DAG files is used."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "/opt/airflow/dags/cupid",
+                        "default": None,
+                    }
+                },
+            }
+        },
     }

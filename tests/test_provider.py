@@ -53,3 +53,25 @@ def test_every_module_the_provider_lists_imports() -> None:
     assert modules
     for module in modules:
         importlib.import_module(module)
+
+
+def _airflow(*args: str) -> subprocess.CompletedProcess[str]:
+    airflow = Path(sys.executable).with_name("airflow")
+    return subprocess.run(
+        [str(airflow), *args], env=os.environ.copy(), capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_airflow_sees_the_config_section_notifiers_and_cli_group() -> None:
+    configs = _airflow("providers", "configs", "--output", "json")
+    assert configs.returncode == 0, configs.stderr
+    sections = {e["provider_config"][0]: e["provider_config"][1] for e in json.loads(configs.stdout.splitlines()[-1])}
+    assert "config_folder" in sections["cupid-airflow"]["cupid"]["options"]
+
+    notifications = _airflow("providers", "notifications", "--output", "json")
+    listed = {e["notification_class_name"] for e in json.loads(notifications.stdout.splitlines()[-1])}
+    assert set(get_provider_info()["notifications"]) <= listed
+
+    group = _airflow("cupid", "--help")
+    assert group.returncode == 0, group.stderr
+    assert "pool" in group.stdout and "config" in group.stdout

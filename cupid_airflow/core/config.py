@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
-import json
 import re
 import warnings
 from datetime import timedelta
@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from cupid_airflow.core.dsn import DsnError, mask_dsn, parse_dsn
+from cupid_airflow.core.redact import is_secret_name, url_secrets, url_shape
 from cupid_airflow.core.sql import IDENTIFIER_RULE, TABLE_RULE, ConnectionParams, is_identifier, is_table_name
 from cupid_airflow.core.timeformat import TimeFormatError, php_to_mysql_format
 
@@ -30,6 +31,10 @@ CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 STEM_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 OFFSET_RE = re.compile(r"^[+-](\d{1,2}):(\d{2})$")
 ZONE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$")
+HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+RESERVED_KEYS = ("name", "path", "sha256")
+_NEAR_RE = re.compile(r"near (\d+)")
+_CODEPOINT_RE = re.compile(r"U\+([0-9A-Fa-f]{4,6})")
 
 
 class CupidConfigWarning(UserWarning):
@@ -60,6 +65,36 @@ def _check_identifier(value: str) -> str:
 def _check_table(value: str) -> str:
     if not is_table_name(value):
         raise ValueError(f"{value!r} is not a valid table name (accepted: {TABLE_RULE})")
+    return value
+
+
+def check_headers(headers: dict[str, str], where: str = "headers") -> dict[str, str]:
+    """Refuse header names that are not HTTP tokens and values that would split the request (CR, LF, NUL)."""
+    for name, value in headers.items():
+        if not HEADER_NAME_RE.match(name):
+            raise ValueError(f"{where}: {name!r} is not a valid header name (letters, digits and !#$%&'*+.^_`|~-)")
+        if any(ch in str(value) for ch in "\r\n\0"):
+            raise ValueError(
+                f"{where}.{name}: the value contains a line break or NUL, which would split the request; "
+                "a header value must be one line"
+            )
+    return headers
+
+
+def check_http_url(value: str, what: str) -> str:
+    """An ``http(s)://host[:port]/...`` URL; errors show the URL's shape only (tokens often live in it)."""
+    from urllib.parse import urlsplit
+
+    scheme = value.partition("://")[0].lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"{what} {url_shape(value)!r}: scheme {scheme!r} is not accepted (accepted: http, https)")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{what} {url_shape(value)!r}: the port is not a number from 1 to 65535") from None
+    if not parts.hostname or any(ch.isspace() for ch in value) or port == 0:
+        raise ValueError(f"{what} {url_shape(value)!r} is not a valid URL (expected e.g. http://host:port/path)")
     return value
 
 
@@ -189,11 +224,11 @@ class Source(_Connection):
 class CallbackNotification(_Model):
     """Where a destination's mismatches are POSTed."""
 
-    url: str | None = None
+    url: str | None = Field(default=None, repr=False)
     http_conn_id: str | None = None
     endpoint: str = ""
     timeout_second: float = Field(default=5.0, gt=0, le=300)
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)
     hmac_secret_variable: str | None = None
     hmac_secret_conn_id: str | None = None
     rate_limit_per_second: float | None = Field(default=None, gt=0)
@@ -219,6 +254,8 @@ class CallbackNotification(_Model):
             )
         return value
 
+    _headers = field_validator("headers")(check_headers)
+
     @field_validator("url")
     @classmethod
     def _url_with_scheme(cls, value: str | None) -> str | None:
@@ -230,17 +267,12 @@ class CallbackNotification(_Model):
         scheme, sep, rest = value.partition("://")
         if not sep:
             warnings.warn(
-                f"callback url {value!r} has no scheme; using 'http://{value}'",
+                f"callback url {url_shape(value)!r} has no scheme; using http://",
                 CupidConfigWarning,
                 stacklevel=2,
             )
             scheme, rest = "http", value
-        if scheme.lower() not in ("http", "https"):
-            raise ValueError(f"url {value!r}: scheme {scheme!r} is not accepted (accepted: http, https)")
-        host = rest.split("/", 1)[0]
-        if not host or " " in value:
-            raise ValueError(f"url {value!r} is not a valid URL (expected e.g. http://host:port/path)")
-        return f"{scheme.lower()}://{rest}"
+        return check_http_url(f"{scheme.lower()}://{rest}", "url")
 
 
 class Destination(_Connection):
@@ -273,18 +305,48 @@ class Destination(_Connection):
 
 
 class Webhook(_Model):
-    """A generic JSON webhook (WeCom, DingTalk, Feishu, Slack incoming webhooks)."""
+    """A chat or JSON webhook (Slack, WeCom, DingTalk, Feishu incoming webhooks, or any JSON endpoint).
 
-    url: str
+    Either ``url`` (the whole webhook URL, token included) or ``connId``: an Airflow connection whose
+    password is the webhook token (and whose host, when set, replaces the platform's), plus an optional
+    ``endpoint``. ``signSecretVariable`` names the Variable holding a DingTalk robot's signing secret.
+    """
+
+    url: str | None = Field(default=None, repr=False)
+    conn_id: str | None = None
+    endpoint: str | None = None
     format: Literal["text", "slack", "wecom", "dingtalk", "feishu", "json"] = "json"
     timeout_second: float = Field(default=5.0, gt=0, le=60)
+    sign_secret_variable: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_http_url(value.strip(), "url")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Webhook:
+        if bool(self.url) == bool(self.conn_id):
+            raise ValueError("give exactly one of url or connId (an Airflow connection holding the token)")
+        if self.endpoint is not None and not self.conn_id:
+            raise ValueError("endpoint goes only with connId; a url is used as it is")
+        if self.sign_secret_variable and self.format != "dingtalk":
+            raise ValueError(f"signSecretVariable signs DingTalk messages; this webhook's format is {self.format!r}")
+        return self
+
+    def describe(self) -> str:
+        """A token-free description for logs, errors and docs."""
+        if self.conn_id:
+            return f"{self.format} webhook (connection {self.conn_id!r})"
+        return f"{self.format} webhook {url_shape(self.url or '')}"
 
 
 class NotifierSpec(_Model):
-    """Any Airflow notifier, by class path and keyword arguments."""
+    """Any Airflow notifier, by class path and keyword arguments; one call is bounded by ``timeoutSecond``."""
 
     class_path: str
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: dict[str, Any] = Field(default_factory=dict, repr=False)
+    timeout_second: float = Field(default=10.0, gt=0, le=300)
 
 
 class Notify(_Model):
@@ -394,6 +456,7 @@ class CupidConfig(_Model):
 
     name: str
     path: str = ""
+    sha256: str = ""
     worker_number: int = Field(default=3, ge=1, le=256)
     log_dir: str | None = None
     failure_job_retry_second: int = Field(default=10, ge=1)
@@ -480,40 +543,29 @@ class CupidConfig(_Model):
     def state_connection(self) -> _Connection:
         return self.state or self.src
 
-
-def strip_json_comments(text: str) -> str:
-    """Remove ``//`` and ``/* */`` comments and trailing commas outside of JSON strings."""
-    out: list[str] = []
-    i, n = 0, len(text)
-    in_string = False
-    while i < n:
-        ch = text[i]
-        if in_string:
-            out.append(ch)
-            if ch == "\\" and i + 1 < n:
-                out.append(text[i + 1])
-                i += 2
-                continue
-            if ch == '"':
-                in_string = False
-            i += 1
-        elif ch == '"':
-            in_string = True
-            out.append(ch)
-            i += 1
-        elif text.startswith("//", i):
-            end = text.find("\n", i)
-            i = n if end == -1 else end
-        elif text.startswith("/*", i):
-            end = text.find("*/", i + 2)
-            if end == -1:
-                raise ValueError("a /* comment is never closed with */")
-            out.append("\n" * text.count("\n", i, end))
-            i = end + 2
-        else:
-            out.append(ch)
-            i += 1
-    return re.sub(r",(\s*[}\]])", r"\1", "".join(out))
+    def secrets(self) -> list[str]:
+        """Every secret written in this config: DSN passwords, callback URL queries and tokens, secret
+        headers, webhook URLs and secret notifier arguments (for the log masker and :func:`mask_text`)."""
+        found: list[str] = []
+        for connection in (self.src, *self.des, *([self.state] if self.state else [])):
+            if connection.password:
+                found.append(connection.password)
+            if connection.dsn:
+                found.append(connection.dsn)
+                with contextlib.suppress(DsnError):
+                    found.append(connection.connection_params().password)
+        for des in self.des:
+            callback = des.callback_notification
+            if callback.url:
+                found += url_secrets(callback.url)
+            found += [value for name, value in callback.headers.items() if is_secret_name(name)]
+        for webhook in self.notify.webhooks:
+            if webhook.url:
+                found += url_secrets(webhook.url)
+        for spec in self.notify.notifiers:
+            found += [str(v) for k, v in spec.kwargs.items() if is_secret_name(k) and isinstance(v, str | int)]
+            found += [url for url in spec.kwargs.values() if isinstance(url, str) and "://" in url]
+        return [s for s in dict.fromkeys(found) if s]
 
 
 def config_name(path: str | Path) -> str:
@@ -523,9 +575,33 @@ def config_name(path: str | Path) -> str:
 
 def read_config_data(path: str | Path) -> dict[str, Any]:
     """Read a config file's raw mapping (no validation)."""
-    path = Path(path)
+    return _parse(Path(path), Path(path).read_bytes())
+
+
+def parse_json5(text: str) -> Any:
+    """JSON with comments, trailing commas and the rest of JSON5 (pyjson5); strict JSON is a subset.
+
+    :raises ValueError: naming the line and column (never echoing the text, which may hold secrets).
+    """
+    import pyjson5
+
     try:
-        text = path.read_text(encoding="utf-8")
+        return pyjson5.decode(text)
+    except pyjson5.Json5Exception as err:
+        message = _CODEPOINT_RE.sub(lambda m: repr(chr(int(m.group(1), 16))), str(err.message))
+        message = re.sub(r"b'([^']*)'", r"\1", message.replace("b'comma'", "','")).replace("JSON5Value", "a value")
+        near = _NEAR_RE.search(message)
+        if near:
+            index = max(0, int(near.group(1)) - 1)
+            line = text.count("\n", 0, index) + 1
+            column = index - (text.rfind("\n", 0, index) + 1) + 1
+            message = _NEAR_RE.sub(f"at line {line}, column {column}", message)
+        raise ValueError(message) from None
+
+
+def _parse(path: Path, raw: bytes) -> dict[str, Any]:
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise CupidConfigError(path, [f"not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"]) from None
     if path.suffix.lower() in (".yaml", ".yml"):
@@ -537,8 +613,8 @@ def read_config_data(path: str | Path) -> dict[str, Any]:
             raise CupidConfigError(path, [f"not valid YAML: {err}"]) from None
     else:
         try:
-            data = json.loads(strip_json_comments(text))
-        except (ValueError, json.JSONDecodeError) as err:
+            data = parse_json5(text.removeprefix("\ufeff"))
+        except ValueError as err:
             raise CupidConfigError(path, [f"not valid JSON (comments allowed): {err}"]) from None
     if not isinstance(data, dict):
         raise CupidConfigError(path, [f"the top level must be an object, not {type(data).__name__}"])
@@ -551,14 +627,17 @@ def load_config(path: str | Path) -> CupidConfig:
     name = config_name(path)
     if not STEM_RE.match(name):
         raise CupidConfigError(path, [f"file name {name!r} cannot name a DAG (letters, digits, _ . - only)"])
-    data = read_config_data(path)
-    for reserved in ("name", "path"):
+    raw = path.read_bytes()
+    data = _parse(path, raw)
+    for reserved in RESERVED_KEYS:
         if reserved in data:
             raise CupidConfigError(path, [f"{reserved}: unknown key (the config's name is its file name)"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            config = CupidConfig.model_validate({**data, "name": name, "path": str(path)})
+            config = CupidConfig.model_validate(
+                {**data, "name": name, "path": str(path), "sha256": hashlib.sha256(raw).hexdigest()}
+            )
         except ValidationError as err:
             raise CupidConfigError(path, [_describe(e, data) for e in err.errors()]) from None
     for warning in caught:
@@ -610,7 +689,7 @@ def _describe(error: Any, data: dict[str, Any]) -> str:
         parent = _value_at(data, loc[:-1])
         model = _model_at(loc[:-1])
         accepted = sorted(
-            f.alias or n for n, f in model.model_fields.items() if n not in ("name", "path") or model is not CupidConfig
+            f.alias or n for n, f in model.model_fields.items() if n not in RESERVED_KEYS or model is not CupidConfig
         )
         close = difflib.get_close_matches(str(loc[-1]), accepted, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -621,7 +700,8 @@ def _describe(error: Any, data: dict[str, Any]) -> str:
     message = str(error["msg"]).removeprefix("Value error, ")
     value = error.get("input")
     if kind.startswith(("int_", "float_", "bool_", "string_", "dict_", "list_", "greater", "less", "too_")):
-        shown = "***" if str(loc[-1]).lower() in ("password", "dsn", "pushbearsendkey") else repr(value)
+        hidden = any(str(p).lower() in ("dsn", "url", "headers", "kwargs") or is_secret_name(str(p)) for p in loc)
+        shown = "***" if hidden else repr(value)
         return f"{path}: {shown} is not accepted: {message}"
     return f"{path}: {message}"
 

@@ -6,11 +6,13 @@ import asyncio
 import errno
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from cupid_airflow.core.payload import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, signature_header_value
+from cupid_airflow.core.redact import is_secret_name, mask_text, url_secrets, url_shape
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -27,7 +29,7 @@ _OWN_HEADERS = {name.lower() for name in ("Content-Type", IDEMPOTENCY_HEADER, SI
 class CallbackTarget:
     """One application callback and how hard it may be called.
 
-    :param url: an ``http://`` or ``https://`` URL; redirects are not followed.
+    :param url: an ``http://`` or ``https://`` URL; redirects are not followed unless ``allow_redirects``.
     :param headers: extra request headers; they cannot override ``Content-Type``,
         ``Idempotency-Key`` or the signature header.
     :param timeout_second: limit for one whole request, connecting included.
@@ -35,6 +37,12 @@ class CallbackTarget:
     :param rate_limit_per_second: requests started per second at most (burst of one); None for no limit.
     :param hmac_secret: when set, each body is signed in ``X-Cupid-Signature: sha256=<hex>``.
     :param verify_ssl: verify the receiver's TLS certificate.
+    :param ca_bundle: a CA file (PEM) to verify it with instead of the system's.
+    :param client_cert: a client certificate for mutual TLS: (certificate file, key file or None when the
+        certificate file holds the key too).
+    :param proxy: an HTTP proxy URL (credentials may be in it) every request goes through.
+    :param trust_env: also take proxies and ``.netrc`` credentials from the environment.
+    :param allow_redirects: follow redirects (at most ``max_redirects``).
     :param breaker_threshold: consecutive failures after which this call sends nothing more.
     :param breaker_cooldown_second: how long the caller should leave the target alone after
         the breaker opened; :func:`deliver` itself never waits (the breaker stays open for
@@ -50,10 +58,26 @@ class CallbackTarget:
     verify_ssl: bool = True
     breaker_threshold: int = 20
     breaker_cooldown_second: float = 60.0
+    ca_bundle: str | None = None
+    client_cert: tuple[str, str | None] | None = None
+    proxy: str | None = field(default=None, repr=False)
+    trust_env: bool = False
+    allow_redirects: bool = False
+    max_redirects: int = 10
+
+    @cached_property
+    def secrets(self) -> list[str]:
+        """What a receiver might echo back in an error answer, kept out of every recorded error."""
+        return [
+            *(value for name, value in self.headers.items() if is_secret_name(name)),
+            *([self.hmac_secret] if self.hmac_secret else []),
+            *url_secrets(self.url),
+            *(url_secrets(self.proxy) if self.proxy else []),
+        ]
 
     def __post_init__(self) -> None:
         if not self.url.lower().startswith(("http://", "https://")):
-            raise ValueError(f"callback url {self.url!r} must start with http:// or https://")
+            raise ValueError(f"callback url {url_shape(self.url)!r} must start with http:// or https://")
         if self.timeout_second <= 0:
             raise ValueError(f"timeout_second must be > 0, got {self.timeout_second}")
         if self.concurrency < 1:
@@ -208,9 +232,13 @@ class _Run:
 
 
 def open_session(target: CallbackTarget) -> aiohttp.ClientSession:
-    """An HTTP session for one target: ``concurrency`` connections at most, its TLS and timeout settings."""
-    connector = aiohttp.TCPConnector(limit=target.concurrency, ssl=target.verify_ssl)
-    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=target.timeout_second))
+    """An HTTP session for one target: ``concurrency`` connections at most, its TLS, proxy and timeout settings."""
+    connector = aiohttp.TCPConnector(limit=target.concurrency, ssl=_ssl_setting(target))
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=target.timeout_second),
+        trust_env=target.trust_env,
+    )
 
 
 def not_sent(item: Delivery, reason: str) -> DeliveryResult:
@@ -230,13 +258,18 @@ def request_headers(target: CallbackTarget, item: Delivery) -> dict[str, str]:
 
 
 async def post(session: aiohttp.ClientSession, target: CallbackTarget, item: Delivery) -> DeliveryResult:
-    """POST one body; HTTP problems are failed results, never exceptions."""
+    """POST one body; HTTP problems are failed results, never exceptions, and never show a secret."""
     started = time.monotonic()
     status: int | None = None
     retry_after: float | None = None
     try:
         async with session.post(
-            target.url, data=item.body, headers=request_headers(target, item), allow_redirects=False
+            target.url,
+            data=item.body,
+            headers=request_headers(target, item),
+            proxy=target.proxy,
+            allow_redirects=target.allow_redirects,
+            max_redirects=target.max_redirects,
         ) as response:
             status = response.status
             if 200 <= status < 300:
@@ -253,7 +286,7 @@ async def post(session: aiohttp.ClientSession, target: CallbackTarget, item: Del
         item.item_id,
         ok=error is None,
         http_status=status,
-        error=error[:ERROR_MAX_CHARS] if error else None,
+        error=mask_text(error, target.secrets)[:ERROR_MAX_CHARS] if error else None,
         elapsed_second=time.monotonic() - started,
         retry_after_second=retry_after,
     )
@@ -275,6 +308,23 @@ def retry_after_second(value: str | None, now: float | None = None) -> float | N
     if when.tzinfo is None:
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _ssl_setting(target: CallbackTarget) -> Any:
+    """What aiohttp's ``ssl`` takes: False (no verification), True (the defaults) or a context."""
+    if not target.verify_ssl and target.client_cert is None:
+        return False
+    if target.ca_bundle is None and target.client_cert is None:
+        return True
+    import ssl
+
+    context = ssl.create_default_context(cafile=target.ca_bundle)
+    if not target.verify_ssl:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if target.client_cert is not None:
+        context.load_cert_chain(*target.client_cert)
+    return context
 
 
 async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
@@ -302,8 +352,9 @@ async def _answer_error(response: aiohttp.ClientResponse) -> str:
     status = response.status
     excerpt = _excerpt(await _read_capped(response))
     if 300 <= status < 400:
-        location = response.headers.get("Location", "(no Location header)")
-        return f"redirect {status} to {location} (redirects are not followed; fix the callback url)"
+        location = response.headers.get("Location")
+        where = url_shape(location) if location else "(no Location header)"
+        return f"redirect {status} to {where} (redirects are not followed; fix the callback url)"
     if excerpt:
         return f"HTTP {status}: {excerpt}"
     reason = f" {response.reason}" if response.reason else ""
@@ -311,6 +362,13 @@ async def _answer_error(response: aiohttp.ClientResponse) -> str:
 
 
 def _transport_error(exc: BaseException) -> str:
+    """A one-line reason that names hosts and ports but never a URL's query, credentials or path tokens."""
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return f"cannot connect to the proxy {exc.host}:{exc.port}: {exc.os_error}"
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return f"the proxy refused the request: HTTP {exc.status} {_one_line(exc.message)}"
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return f"more than the allowed redirects, the last to {url_shape(str(exc.request_info.real_url))}"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return f"TLS certificate of {exc.host}:{exc.port} not accepted: {exc.certificate_error}"
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
@@ -326,5 +384,5 @@ def _transport_error(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientResponseError):
         return f"invalid HTTP answer: {_one_line(exc.message)}"
     if isinstance(exc, aiohttp.InvalidURL):
-        return f"invalid callback url: {exc}"
-    return f"{type(exc).__name__}: {_one_line(str(exc))}"
+        return f"invalid callback url: {url_shape(str(exc.url))}"
+    return f"{type(exc).__name__}: {mask_text(_one_line(str(exc)))}"

@@ -33,7 +33,9 @@ def parse_go_dsn(dsn: str) -> ConnectionParams:
     match = GO_DSN_RE.match(dsn.strip())
     if not match:
         raise DsnError(f"cannot parse DSN {mask_dsn(dsn)!r}: expected the form {GO_DSN_FORM}")
-    user, _, password = (match.group("userinfo") or "root").partition(":")
+    user, _, password = (match.group("userinfo") or "").partition(":")
+    if not user:
+        raise DsnError(f"DSN {mask_dsn(dsn)!r} names no user: write it as {GO_DSN_FORM}")
     net = match.group("net") or "tcp"
     addr = match.group("addr") or ""
     database = match.group("db") or None
@@ -62,13 +64,15 @@ def parse_pdo_dsn(dsn: str, user: str | None, password: str | None) -> Connectio
             f"PDO DSN {dsn!r}: unknown field(s) {', '.join(sorted(unknown))} "
             "(accepted: dbname, host, port, charset, unix_socket)"
         )
+    if not user:
+        raise DsnError(f"PDO DSN {dsn!r} needs a 'user' key beside it (and 'password' when the user has one)")
     port_text = fields.get("port", "3306")
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise DsnError(f"PDO DSN {dsn!r}: port {port_text!r} is not a number from 1 to 65535")
     return ConnectionParams(
         host=fields.get("host", "127.0.0.1"),
         port=int(port_text),
-        user=user or "root",
+        user=user,
         password=password or "",
         database=fields.get("dbname") or None,
         unix_socket=fields.get("unix_socket") or None,

@@ -53,7 +53,11 @@ def literal_int(value: int) -> str:
 
 @dataclass(frozen=True)
 class ConnectionParams:
-    """Where a MySQL server is; ``repr`` never shows the password."""
+    """Where a MySQL server is; ``repr`` never shows the password.
+
+    :param options: more mysqlclient ``connect()`` arguments (``ssl``, ``ssl_mode``, ``init_command``,
+        ``charset``...), e.g. from an Airflow connection; they cannot turn the raw-bytes results off.
+    """
 
     host: str = "127.0.0.1"
     port: int = 3306
@@ -62,6 +66,7 @@ class ConnectionParams:
     database: str | None = None
     unix_socket: str | None = None
     io_timeout_second: int = 60  # each read and write of a query; a server that stops answering fails the caller
+    options: dict[str, Any] = field(default_factory=dict, repr=False, hash=False)
 
     def describe(self) -> str:
         """A password-free description for logs and errors."""
@@ -123,6 +128,7 @@ class LazyConnection:
         return cursor
 
 
+_RAW_RESULTS = frozenset({"conv", "use_unicode", "cursorclass"})  # what the byte-exact compare relies on
 CONNECT_TIMEOUT_SECOND = 10
 
 
@@ -150,6 +156,7 @@ def connect(params: ConnectionParams, *, connect_timeout: int = CONNECT_TIMEOUT_
         "write_timeout": params.io_timeout_second,
         "autocommit": True,
     }
+    kwargs.update((k, v) for k, v in params.options.items() if k not in _RAW_RESULTS)
     if params.database:
         kwargs["db"] = params.database
     if params.unix_socket:

@@ -192,48 +192,9 @@ class CallbackOperator(BaseOperator):
         return routes
 
     def _target(self, config: CupidConfig, des: Destination) -> Any:
-        from cupid_airflow.core.delivery import CallbackTarget
+        from cupid_airflow.connections import callback_target
 
-        callback = des.callback_notification
-        url = callback.url
-        headers = dict(callback.headers)
-        verify_ssl = True
-        if callback.http_conn_id:
-            from airflow.providers.http.hooks.http import HttpHook
-
-            conn = HttpHook.get_connection(callback.http_conn_id)
-            schema = conn.schema or "http"
-            host = conn.host or ""
-            base = host if "://" in host else f"{schema}://{host}"
-            if conn.port:
-                base = f"{base}:{conn.port}"
-            url = base.rstrip("/") + "/" + callback.endpoint.lstrip("/")
-            extra = conn.extra_dejson if isinstance(conn.extra_dejson, dict) else {}
-            headers.update({k: str(v) for k, v in extra.items() if k not in ("verify", "timeout")})
-            verify_ssl = bool(extra.get("verify", True))
-            if conn.login:
-                import base64
-
-                token = base64.b64encode(f"{conn.login}:{conn.password or ''}".encode()).decode()
-                headers.setdefault("Authorization", f"Basic {token}")
-        secret = None
-        if callback.hmac_secret_variable:
-            from airflow.sdk import Variable
-
-            secret = Variable.get(callback.hmac_secret_variable)
-        elif callback.hmac_secret_conn_id:
-            from airflow.sdk import BaseHook
-
-            secret = BaseHook.get_connection(callback.hmac_secret_conn_id).password
-        return CallbackTarget(
-            url=url or "",
-            headers=headers,
-            timeout_second=callback.timeout_second,
-            concurrency=des.worker_number or config.worker_number,
-            rate_limit_per_second=callback.rate_limit_per_second,
-            hmac_secret=secret,
-            verify_ssl=verify_ssl,
-        )
+        return callback_target(config, des)
 
     def _expire(self, config: CupidConfig, store: Any, context: Context) -> None:
         """Move parked items past the configured age or attempt count to the dead state."""
@@ -245,7 +206,7 @@ class CallbackOperator(BaseOperator):
                 config,
                 "dead",
                 f"{killed} parked callback(s) reached the failure pool's limits and are "
-                f"now dead; requeue them with `python -m cupid_airflow pool requeue {config.name}`",
+                f"now dead; requeue them with `airflow cupid pool requeue {config.name}`",
                 {"dead": killed},
                 context,
             )

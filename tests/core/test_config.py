@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cupid_airflow.core.config import CupidConfigError, CupidConfigWarning, load_config, strip_json_comments
+from cupid_airflow.core.config import CupidConfigError, CupidConfigWarning, load_config, parse_json5
 from cupid_airflow.core.dsn import parse_dsn
 from cupid_airflow.core.sql import quote_identifier, quote_table
 from cupid_airflow.core.timeformat import php_to_mysql_format
@@ -85,8 +85,8 @@ def test_comments_after_values_and_block_comments(tmp_path: Path) -> None:
     assert config.des[0].callback_notification.url == "http://h/a//b"  # // inside a string is not a comment
 
 
-def test_strip_comments_keeps_escaped_quotes() -> None:
-    assert json.loads(strip_json_comments('{"a": "x\\" // y"} // z')) == {"a": 'x" // y'}
+def test_comments_keep_escaped_quotes() -> None:
+    assert parse_json5('{"a": "x\\" // y"} // z') == {"a": 'x" // y'}
 
 
 def test_yaml_with_the_same_keys(tmp_path: Path) -> None:
@@ -207,8 +207,13 @@ def test_go_and_pdo_dsns() -> None:
 
 def test_pdo_dsn_in_config_with_user_and_password(tmp_path: Path) -> None:
     data = json.loads(json.dumps(GOOD))
-    data["src"] = {"dsn": "mysql:dbname=app;host=db1;port=3306", "user": "u", "password": "pw", "table": "user",
-                   "byColumn": "number"}
+    data["src"] = {
+        "dsn": "mysql:dbname=app;host=db1;port=3306",
+        "user": "u",
+        "password": "pw",
+        "table": "user",
+        "byColumn": "number",
+    }
     config = load_config(write(tmp_path, data))
     assert config.src.connection_params().password == "pw"
 
@@ -226,3 +231,112 @@ def test_update_needs_a_column(tmp_path: Path) -> None:
     data = json.loads(json.dumps(GOOD))
     data["src"]["update"] = True
     assert "updateColumn is required" in error_of(tmp_path, data)
+
+
+# -- JSON5 parsing, header and URL checks, secrets in messages (issue 12) --------------------------------
+
+
+def with_callback(**callback: object) -> dict[str, object]:
+    data = json.loads(json.dumps(GOOD))
+    data["des"][0]["callbackNotification"] = callback
+    return data
+
+
+def test_a_comma_before_a_closing_brace_inside_a_string_is_kept(tmp_path: Path) -> None:
+    """The old comment stripper's trailing-comma rule ran inside strings: "a,}" became "a}"."""
+    text = json.dumps(with_callback(url="http://app/cb?x=1,}", headers={"X-Tag": "a,}", "X-List": "[b, ]"}))
+    config = load_config(write(tmp_path, "// with a comment\n" + text.replace("}}]", "}},],") + "\n"))
+    callback = config.des[0].callback_notification
+    assert callback.headers == {"X-Tag": "a,}", "X-List": "[b, ]"}
+    assert callback.url == "http://app/cb?x=1,}"
+
+
+def test_json5_errors_name_line_and_column_but_not_the_text(tmp_path: Path) -> None:
+    message = error_of(tmp_path, '{\n  "src": {"dsn": "u:hunter2@tcp(h)/d"}\n  "des": []\n}')
+    assert "not valid JSON (comments allowed)" in message and "line 3, column 3" in message
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize("value", ["a\r\nX-Injected: 1", "a\nb", "a\rb", "a\x00b"])
+def test_a_header_value_with_a_line_break_is_refused_at_load(tmp_path: Path, value: str) -> None:
+    message = error_of(tmp_path, with_callback(url="http://app/cb", headers={"Authorization": value}))
+    assert "des[0].callbackNotification.headers" in message and "Authorization" in message
+    assert "line break or NUL" in message
+    assert "Injected" not in message
+
+
+def test_a_header_name_that_is_not_a_token_is_refused(tmp_path: Path) -> None:
+    message = error_of(tmp_path, with_callback(url="http://app/cb", headers={"Bad Header": "x"}))
+    assert "'Bad Header' is not a valid header name" in message
+
+
+def test_a_header_value_of_the_wrong_type_is_not_echoed(tmp_path: Path) -> None:
+    message = error_of(tmp_path, with_callback(url="http://app/cb", headers={"X-Api-Key": 912873465}))
+    assert "headers" in message and "912873465" not in message
+
+
+def test_a_callback_url_with_a_bad_port_is_a_config_error_without_its_token(tmp_path: Path) -> None:
+    message = error_of(tmp_path, with_callback(url="http://127.0.0.1:99999/cb?token=PlantedT0ken"))
+    assert "des[0].callbackNotification.url" in message and "port is not a number from 1 to 65535" in message
+    assert "PlantedT0ken" not in message
+    message = error_of(tmp_path, with_callback(url="ftp://files/cb?token=PlantedT0ken"))
+    assert "scheme 'ftp' is not accepted" in message and "PlantedT0ken" not in message
+
+
+def test_the_no_scheme_warning_shows_no_token(tmp_path: Path) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = load_config(write(tmp_path, with_callback(url="127.0.0.1:20000/cb?token=PlantedT0ken")))
+    messages = [str(w.message) for w in caught]
+    assert any("has no scheme" in m for m in messages)
+    assert not any("PlantedT0ken" in m for m in messages)
+    assert config.des[0].callback_notification.url == "http://127.0.0.1:20000/cb?token=PlantedT0ken"
+    assert "PlantedT0ken" not in repr(config)
+
+
+def test_webhooks_take_a_url_with_a_scheme_or_a_connection(tmp_path: Path) -> None:
+    data = json.loads(json.dumps(GOOD))
+    data["notify"] = {"webhooks": [{"url": "hooks.slack.com/services/T000/B000/PlantedT0ken", "format": "slack"}]}
+    message = error_of(tmp_path, data)
+    assert "notify.webhooks[0].url" in message and "scheme" in message and "PlantedT0ken" not in message
+    data["notify"] = {"webhooks": [{"url": "https://h/x", "connId": "chat"}]}
+    assert "exactly one of url or connId" in error_of(tmp_path, data)
+    data["notify"] = {"webhooks": [{"connId": "chat", "format": "slack", "signSecretVariable": "v"}]}
+    assert "signSecretVariable signs DingTalk messages" in error_of(tmp_path, data)
+    data["notify"] = {"webhooks": [{"connId": "chat", "format": "dingtalk", "signSecretVariable": "v"}]}
+    assert load_config(write(tmp_path, data)).notify.webhooks[0].describe() == "dingtalk webhook (connection 'chat')"
+
+
+@pytest.mark.parametrize("dsn", ["@tcp(db:3306)/app", ":pw@tcp(db:3306)/app", "tcp(db:3306)/app"])
+def test_a_go_dsn_without_a_user_is_a_config_error(tmp_path: Path, dsn: str) -> None:
+    data = json.loads(json.dumps(GOOD))
+    data["src"]["dsn"] = dsn
+    assert "names no user" in error_of(tmp_path, data)
+
+
+def test_a_pdo_dsn_needs_a_user(tmp_path: Path) -> None:
+    data = json.loads(json.dumps(GOOD))
+    data["src"] = {"dsn": "mysql:dbname=app;host=db1", "password": "pw", "table": "user", "byColumn": "number"}
+    assert "needs a 'user' key" in error_of(tmp_path, data)
+
+
+def test_config_carries_the_hash_of_its_file(tmp_path: Path) -> None:
+    import hashlib
+
+    path = write(tmp_path, GOOD)
+    assert load_config(path).sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert "sha256: unknown key" in error_of(tmp_path, {**GOOD, "sha256": "x"})
+
+
+def test_secrets_of_a_config(tmp_path: Path) -> None:
+    data = with_callback(
+        url="http://app/cb?token=T0kenT0ken", headers={"Authorization": "Bearer B3arerB3arer", "X-Team": "ops"}
+    )
+    data["notify"] = {
+        "webhooks": [{"url": "https://hooks.slack.com/services/T000/B000/Sl4ckSl4ckSl4ck", "format": "slack"}],
+        "notifiers": [{"classPath": "x.Y", "kwargs": {"api_token": "N0tifierN0tifier", "channel": "#ops"}}],
+    }
+    secrets = load_config(write(tmp_path, data)).secrets()
+    for planted in ("s3cr3tpw", "T0kenT0ken", "Bearer B3arerB3arer", "Sl4ckSl4ckSl4ck", "N0tifierN0tifier"):
+        assert planted in secrets
+    assert "ops" not in secrets and "#ops" not in secrets
