@@ -50,9 +50,10 @@ ensure_uv() {
     say "$("${UV[@]}" --version)"
 }
 
+# The celery extra (Celery provider, Postgres driver) is what scripts/cluster.sh and its tests need.
 sync_venv() {
-    say "uv sync --frozen"
-    (cd "$REPO_ROOT" && "${UV[@]}" sync --frozen --quiet)
+    say "uv sync --frozen --extra celery"
+    (cd "$REPO_ROOT" && "${UV[@]}" sync --frozen --extra celery --quiet)
 }
 
 # Up means: ping succeeds, or the port accepts connections (a fresh server may refuse our login).
