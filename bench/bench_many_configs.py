@@ -482,7 +482,10 @@ def measure(args: argparse.Namespace, configs: int, params: ConnectionParams) ->
         changer.halt.set()
         deployment.stop()
         receiver.terminate()
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"  N={configs}: kept {work} (Airflow home or cluster folder, logs)")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
     seconds = (window_end - window_start).total_seconds()
     done = [r for r in runs if r[1] == "success" and r[3] and r[4]]
@@ -540,6 +543,7 @@ def main() -> int:
     parser.add_argument("--grace", type=float, default=20.0, help="seconds for the window's last runs (20)")
     parser.add_argument("--warm-up-timeout", type=float, default=300.0)
     parser.add_argument("--top", type=int, default=12, help="process titles listed per N (12)")
+    parser.add_argument("--keep", action="store_true", help="keep each N's work folder (logs) for inspection")
     parser.add_argument("--no-bytecode-cache", action="store_true", help="compile Python from source in every process")
     args = parser.parse_args()
     params = ConnectionParams()
