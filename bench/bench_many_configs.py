@@ -21,7 +21,9 @@ runs still going) it prints, per N:
 - where the tree's CPU went: CPU seconds by process title (``airflow scheduler``, task runners, ...),
   short-lived processes counted under the parent that reaped them.
 
-Figures depend on the other load on the machine: the host CPU line says how busy it was.
+Both deployments preload cupid in every Airflow process (``cupid_airflow.preload`` from
+``airflow_local_settings.py``); ``--no-preload`` runs standalone without it. Figures depend on the other
+load on the machine: the host CPU line says how busy it was.
 ``--no-bytecode-cache`` makes every Airflow process compile Python from source again (what happened
 before scripts/setup.sh compiled bytecode, with PYTHONDONTWRITEBYTECODE set), to measure that cost.
 
@@ -66,6 +68,7 @@ PREFIX = "many"
 TICK = os.sysconf("SC_CLK_TCK")
 CORES = os.cpu_count() or 1
 SERVICES = ("mariadbd", "postgres", "redis-server")
+LOCAL_SETTINGS = "__all__: list[str] = []\nimport cupid_airflow.preload  # noqa: E402, F401\n"
 
 
 # -- the data -----------------------------------------------------------------------------------------------
@@ -283,7 +286,7 @@ class Standalone:
 
     label = "standalone (LocalExecutor, SQLite metadata DB)"
 
-    def __init__(self, work: Path, configs_folder: Path, env: dict[str, str], parallelism: int) -> None:
+    def __init__(self, work: Path, configs_folder: Path, env: dict[str, str], parallelism: int, preload: bool) -> None:
         self.home = work / "airflow"
         self.home.mkdir()
         port = free_port()
@@ -303,6 +306,9 @@ class Standalone:
             "CUPID_CONFIG_FOLDER": str(configs_folder),
         }
         self.process: subprocess.Popen[bytes] | None = None
+        if preload:
+            (self.home / "config").mkdir()
+            (self.home / "config" / "airflow_local_settings.py").write_text(LOCAL_SETTINGS)
 
     def start(self) -> set[int]:
         log = open(self.home / "standalone.log", "wb")  # noqa: SIM115  # closed with the process
@@ -341,7 +347,9 @@ class Cluster:
 
     label = "scripts/cluster.sh (CeleryExecutor, Postgres, Redis, 2 workers)"
 
-    def __init__(self, work: Path, configs_folder: Path, env: dict[str, str], parallelism: int) -> None:
+    def __init__(self, work: Path, configs_folder: Path, env: dict[str, str], parallelism: int, preload: bool) -> None:
+        if not preload:
+            raise SystemExit("--no-preload: scripts/cluster.sh always preloads cupid")
         token = secrets.token_hex(3)
         self.database = f"cupid_bench_many_{token}"
         self.env = {
@@ -453,7 +461,7 @@ def measure(args: argparse.Namespace, configs: int, params: ConnectionParams) ->
     else:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
     deployment: Standalone | Cluster = (Standalone if args.mode == "standalone" else Cluster)(
-        work, configs_folder, env, args.parallelism
+        work, configs_folder, env, args.parallelism, not args.no_preload
     )
     changer = Changer(params, configs, args.change_every)
     try:
@@ -543,6 +551,7 @@ def main() -> int:
     parser.add_argument("--grace", type=float, default=20.0, help="seconds for the window's last runs (20)")
     parser.add_argument("--warm-up-timeout", type=float, default=300.0)
     parser.add_argument("--top", type=int, default=12, help="process titles listed per N (12)")
+    parser.add_argument("--no-preload", action="store_true", help="standalone: no cupid_airflow.preload")
     parser.add_argument("--keep", action="store_true", help="keep each N's work folder (logs) for inspection")
     parser.add_argument("--no-bytecode-cache", action="store_true", help="compile Python from source in every process")
     args = parser.parse_args()
@@ -550,7 +559,8 @@ def main() -> int:
     label = (Standalone if args.mode == "standalone" else Cluster).label
     print(
         f"many configs: {label}; schedule {args.interval:g} s; {args.minutes:g} min window; {CORES} cores; "
-        f"parallelism {args.parallelism}; bytecode cache {'OFF' if args.no_bytecode_cache else 'on'}"
+        f"parallelism {args.parallelism}; bytecode cache {'OFF' if args.no_bytecode_cache else 'on'}; "
+        f"cupid preloaded {'NO' if args.no_preload else 'yes'}"
     )
     results = []
     for configs in args.configs:

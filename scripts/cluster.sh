@@ -10,8 +10,9 @@
 #   bash scripts/cluster.sh airflow ARGS...    the airflow CLI with the cluster's settings (dags trigger, ...)
 #   bash scripts/cluster.sh destroy            stop, drop the Postgres database (if start created it), remove the folder
 #
-# Everything lives in the cluster folder (default .cluster/, gitignored): airflow/ (AIRFLOW_HOME, task logs),
-# logs/<component>.log, pids/<component>.pid, env (the settings, for `source`). Settings (environment):
+# Everything lives in the cluster folder (default .cluster/, gitignored): airflow/ (AIRFLOW_HOME, task logs,
+# config/airflow_local_settings.py preloading cupid), logs/<component>.log, pids/<component>.pid, env (the
+# settings, for `source`). Settings (environment):
 #   CUPID_CLUSTER_DIR         the cluster folder                              (.cluster)
 #   CUPID_CLUSTER_PG          Postgres host:port, trust auth as user postgres (127.0.0.1:5432)
 #   CUPID_CLUSTER_PG_DB       the metadata database, created when missing     (cupid_airflow)
@@ -98,6 +99,11 @@ configure() {
     AIRFLOW__API_AUTH__JWT_SECRET="$(secret_file jwt_secret 'import secrets; print(secrets.token_urlsafe(32))')"
     AIRFLOW__CORE__FERNET_KEY="$(secret_file fernet_key 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')"
     export AIRFLOW__API_AUTH__JWT_SECRET AIRFLOW__CORE__FERNET_KEY
+    # Airflow imports this in every process: task processes forked from the workers start with cupid loaded
+    mkdir -p "$AIRFLOW_HOME/config"
+    printf '%s\n' '"""Written by scripts/cluster.sh: cupid preloaded in every Airflow process."""' \
+        '__all__: list[str] = []' 'import cupid_airflow.preload  # noqa: E402, F401' \
+        >"$AIRFLOW_HOME/config/airflow_local_settings.py"
     {
         echo "# the cupid cluster's settings: source this file, then run airflow commands against the cluster"
         compgen -e | grep -E '^(AIRFLOW_HOME|AIRFLOW__[A-Z_]+|CUPID_CONFIG_FOLDER)$' | while read -r name; do
