@@ -555,6 +555,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep each N's work folder (logs) for inspection")
     parser.add_argument("--no-bytecode-cache", action="store_true", help="compile Python from source in every process")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the finally blocks stop Airflow and the receiver
     params = ConnectionParams()
     label = (Standalone if args.mode == "standalone" else Cluster).label
     print(
