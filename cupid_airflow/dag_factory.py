@@ -82,9 +82,11 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
         tags=tags,
         default_args={"owner": "cupid", **alerts},
     ) as sync:
+        # compare branches: `deliver` is skipped (no task process) when nothing is pending after it
         compare = MySqlCompareOperator(
             task_id="compare",
             config_path=config.path,
+            deliver_task_id="deliver",
             retries=0,
             execution_timeout=_timeout(config.src.max_seconds_per_run),
         )
@@ -97,8 +99,9 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
             max_seconds=DELIVER_SECONDS,
             execution_timeout=_timeout(DELIVER_SECONDS),
         )
-        # the run fails when either task failed, so run-level alerts and dashboards see it
-        done = EmptyOperator(task_id="done")
+        # the run fails when either task failed, so run-level alerts and dashboards see it; a skipped
+        # deliver is no failure
+        done = EmptyOperator(task_id="done", trigger_rule="none_failed")
         compare >> deliver >> done
         compare >> done
     with DAG(
@@ -277,8 +280,8 @@ def _sync_doc(config: CupidConfig) -> str:
     lines += [
         "",
         f"Mismatches are recorded in table `{STORE_TABLE}` ({state}) before any cursor moves, then delivered by "
-        f"`deliver` ({config.retries} retries, {config.failure_job_retry_second} s apart); what still fails is "
-        f"parked for `{config.failure_pool_dag_id}`.",
+        f"`deliver` ({config.retries} retries, {config.failure_job_retry_second} s apart; skipped when nothing is "
+        f"pending); what still fails is parked for `{config.failure_pool_dag_id}`.",
         "",
         "Rescan from an id: `airflow dags trigger " + config.sync_dag_id + " --conf '{\"start_id\": 1}'`.",
     ]

@@ -29,29 +29,46 @@ AIRFLOW_SERVICES = {
     "airflow-triggerer",
     "airflow-init",
 }
+CELERY_SERVICES = {"airflow-worker", "flower"}
 MYSQL_SERVICES = {"source-db", "destination-db"}
-REQUIRED_SERVICES = AIRFLOW_SERVICES | MYSQL_SERVICES | {"postgres", "receiver"}
+REQUIRED_SERVICES = AIRFLOW_SERVICES | CELERY_SERVICES | MYSQL_SERVICES | {"postgres", "receiver", "redis"}
+CLUSTER_SCRIPT = REPO / "scripts" / "cluster.sh"
 
 _VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}|\$(\w+)")
 
 
-def interpolate(text: str) -> str:
-    """Compose's variable interpolation with an empty environment: ``${X:-d}`` -> ``d``, ``$$`` -> ``$``."""
+def interpolate(text: str, variables: dict[str, str] | None = None) -> str:
+    """Compose's variable interpolation: ``${X:-d}`` -> X or ``d``, ``${X}`` -> X or empty, ``$$`` -> ``$``."""
+    variables = variables or {}
 
     def replace(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
-        operator, default = match.group(2), match.group(3)
-        return default if operator in ("-", ":-") else ""
+        name, operator, default = match.group(1) or match.group(4), match.group(2), match.group(3)
+        if operator == ":-" and variables.get(name):
+            return variables[name]
+        if operator in ("-", ":-"):
+            return variables.get(name, default) if operator == "-" else default
+        return variables.get(name, "")
 
     return _VARIABLE.sub(replace, text)
+
+
+def load(variables: dict[str, str] | None = None) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(interpolate(COMPOSE_FILE.read_text(), variables))
+    return loaded
 
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     """The compose file as ``docker compose config`` would see it with no .env: interpolated, merged."""
-    loaded: dict[str, Any] = yaml.safe_load(interpolate(COMPOSE_FILE.read_text()))
-    return loaded
+    return load()
+
+
+@pytest.fixture(scope="module")
+def celery_compose() -> dict[str, Any]:
+    """The compose file with ``AIRFLOW_EXECUTOR=CeleryExecutor`` (run with ``--profile celery``)."""
+    return load({"AIRFLOW_EXECUTOR": "CeleryExecutor"})
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +102,14 @@ def test_compose_file_is_valid_under_the_compose_specification(compose: dict[str
 
 
 def test_airflow_services_run_the_image_built_from_this_repo(services: dict[str, dict[str, Any]]) -> None:
-    for name in AIRFLOW_SERVICES | {"receiver"}:
+    for name in AIRFLOW_SERVICES | CELERY_SERVICES | {"receiver"}:
         service = services[name]
         assert service["image"] == IMAGE, name
         assert service["build"] == {"context": ".", "dockerfile": "docker/Dockerfile"}, name
 
 
 def test_airflow_uses_local_executor_on_the_postgres_metadata_db(services: dict[str, dict[str, Any]]) -> None:
-    for name in AIRFLOW_SERVICES:
+    for name in AIRFLOW_SERVICES | CELERY_SERVICES:
         env = environment(services[name])
         assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor", name
         assert urlsplit(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]).hostname == "postgres", name
@@ -111,7 +128,7 @@ def test_databases_have_healthchecks(services: dict[str, dict[str, Any]]) -> Non
 
 
 def test_airflow_services_mount_the_dags_folder(services: dict[str, dict[str, Any]]) -> None:
-    for name in AIRFLOW_SERVICES:
+    for name in AIRFLOW_SERVICES | CELERY_SERVICES:
         assert ("./dags", "/opt/airflow/dags") in bind_mounts(services[name]), name
 
 
@@ -143,7 +160,7 @@ def test_dockerfile_extends_airflow_and_installs_this_package_with_locked_versio
     text = "\n".join(instructions)
 
     assert instructions[0] == "FROM apache/airflow:3.3.2"
-    assert "uv export --frozen --no-dev" in text
+    assert "uv export --frozen --no-dev --extra celery" in text
     assert re.search(r"pip install .*-r /tmp/requirements.txt /opt/cupid-airflow", text)
     copied = [
         source
@@ -155,6 +172,58 @@ def test_dockerfile_extends_airflow_and_installs_this_package_with_locked_versio
     assert {"pyproject.toml", "uv.lock", "cupid_airflow"} <= set(copied)
     for source in copied:
         assert (REPO / source).exists(), source
+
+
+def test_the_default_stack_needs_no_profile(services: dict[str, dict[str, Any]]) -> None:
+    always = {name for name, service in services.items() if not service.get("profiles")}
+
+    assert always >= AIRFLOW_SERVICES | MYSQL_SERVICES | {"postgres", "receiver"}
+    assert always.isdisjoint(CELERY_SERVICES | {"redis"})
+    for name in always:
+        for dependency, how in (services[name].get("depends_on") or {}).items():
+            assert dependency in always or how.get("required") is False, f"{name} needs {dependency}"
+
+
+def test_the_celery_profile_is_valid_under_the_compose_specification(celery_compose: dict[str, Any]) -> None:
+    PyCompose.from_json(json.dumps(celery_compose)).validate()
+
+
+def test_the_celery_profile_runs_two_workers_on_a_redis_broker(celery_compose: dict[str, Any]) -> None:
+    services = celery_compose["services"]
+    for name in AIRFLOW_SERVICES | CELERY_SERVICES:
+        env = environment(services[name])
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        broker = urlsplit(env["AIRFLOW__CELERY__BROKER_URL"])
+        assert (broker.scheme, broker.hostname, broker.port) == ("redis", "redis", 6379), name
+        backend = urlsplit(env["AIRFLOW__CELERY__RESULT_BACKEND"].removeprefix("db+"))
+        metadata = urlsplit(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+        assert (backend.scheme, backend.netloc, backend.path) == (metadata.scheme, metadata.netloc, metadata.path)
+    assert services["redis"]["profiles"] == ["celery", "flower"]
+    assert "redis-cli" in services["redis"]["healthcheck"]["test"]
+
+    worker = services["airflow-worker"]
+    assert worker["profiles"] == ["celery"]
+    assert worker["command"] == "celery worker"
+    assert worker["deploy"]["replicas"] == 2
+    assert "inspect ping" in " ".join(worker["healthcheck"]["test"])
+    assert environment(worker)["DUMB_INIT_SETSID"] == "0"  # warm shutdown: running tasks finish
+    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert worker["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+    assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+    flower = services["flower"]
+    assert flower["profiles"] == ["flower"]
+    assert flower["command"] == "celery flower"
+    assert flower["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_compose_and_cluster_sh_run_the_same_airflow_components(services: dict[str, dict[str, Any]]) -> None:
+    script = CLUSTER_SCRIPT.read_text()
+    in_cluster = set(re.findall(r'launch "\$name" airflow (celery \w+|[a-z-]+)', script))
+    in_compose = {services[name]["command"] for name in (AIRFLOW_SERVICES | CELERY_SERVICES) - {"airflow-init"}}
+
+    assert in_compose == {"api-server", "scheduler", "dag-processor", "triggerer", "celery worker", "celery flower"}
+    assert in_cluster == in_compose
 
 
 def test_connections_point_at_the_demo_databases(services: dict[str, dict[str, Any]]) -> None:

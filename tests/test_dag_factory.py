@@ -318,10 +318,11 @@ def test_sync_dag_shape(tmp_path: Path) -> None:
     assert compare.downstream_task_ids == {"deliver", "done"}
     assert deliver.upstream_task_ids == {"compare"}
     assert deliver.trigger_rule == "all_done"
-    # `done` fails the run when either task failed
+    # `compare` skips `deliver` when nothing is pending; `done` fails the run when either task failed
+    assert compare.deliver_task_id == "deliver"
     done = sync.get_task("done")
     assert done.upstream_task_ids == {"compare", "deliver"}
-    assert done.trigger_rule == "all_success"
+    assert done.trigger_rule == "none_failed"
     assert deliver.retries == 3
     assert deliver.retry_delay == timedelta(seconds=7)
     assert compare.config_path == deliver.config_path == str(path)

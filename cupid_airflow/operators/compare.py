@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, BranchMixIn
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class MySqlCompareOperator(BaseOperator):
+class MySqlCompareOperator(BaseOperator, BranchMixIn):
     """Compare new and recently updated source rows with each destination of a cupid config.
 
     Every mismatch (type 1 missing, type 2 different) is recorded in the
@@ -21,18 +21,31 @@ class MySqlCompareOperator(BaseOperator):
     Variables (``cupid_<config>_<destination>_cursor``); the run's summary is
     returned (XCom ``return_value``).
 
+    With ``deliver_task_id`` the operator also branches: when the store holds
+    no pending item of the config after the compare, that downstream task is
+    skipped, so an idle run starts no delivery process; every other downstream
+    task is followed. A failed compare branches nowhere (the downstream trigger
+    rules decide).
+
     :param config_path: path of the cupid config file (JSON or YAML).
     :param start_id: rescan new rows from this id, replacing the stored insert cursor;
         by default the DAG param ``start_id`` (``--conf '{"start_id": 1}'``).
+    :param deliver_task_id: the downstream task that delivers pending items; skipped when none are pending.
     """
 
-    template_fields: Sequence[str] = ("config_path",)
+    # Not templated: a templated field costs every run (every few seconds per config) an execution-API
+    # call and metadata-DB writes of its rendered value; the DAG factory passes a plain path.
+    template_fields: Sequence[str] = ()
     ui_color = "#e8f4fd"
+    inherits_from_skipmixin = True
 
-    def __init__(self, *, config_path: str, start_id: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, config_path: str, start_id: int | None = None, deliver_task_id: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.config_path = config_path
         self.start_id = start_id
+        self.deliver_task_id = deliver_task_id
 
     def execute(self, context: Context) -> dict[str, Any]:
         from cupid_airflow.connections import build_sync_plan, destination_identities, resolve_connection
@@ -54,6 +67,7 @@ class MySqlCompareOperator(BaseOperator):
         try:
             plan = build_sync_plan(config, destination_identities(config))
             summary = SyncRun(plan, VariableCursorStore(config.name), store, start_id=start_id).run()
+            pending = store.pending(config.name) if self.deliver_task_id else None
         finally:
             store.close()
         for name, destination in summary["destinations"].items():
@@ -78,4 +92,18 @@ class MySqlCompareOperator(BaseOperator):
                 "destination(s) unavailable, their cursors wait (the others advanced): "
                 + "; ".join(f"{n}: {e}" for n, e in broken.items())
             )
+        if pending is not None:
+            summary["pending"] = pending
+            self._branch(context, summary, pending)
         return summary
+
+    def _branch(self, context: Context, summary: dict[str, Any], pending: int) -> None:
+        """Follow every downstream task, ``deliver_task_id`` only when items are pending."""
+        if pending:
+            self.log.info("%d item(s) pending: %s runs", pending, self.deliver_task_id)
+        else:
+            self.log.info("nothing pending: %s is skipped", self.deliver_task_id)
+        follow = sorted(t for t in self.downstream_task_ids if pending or t != self.deliver_task_id)
+        if not pending:  # skipping ends execute() with an exception, before Airflow would push the return value
+            context["ti"].xcom_push(key="return_value", value=summary)
+        self.do_branch(context, follow)
