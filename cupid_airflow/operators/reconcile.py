@@ -45,12 +45,12 @@ class MySqlReconcileOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from cupid_airflow.connections import build_sync_plan, destination_identities, resolve_connection
-        from cupid_airflow.core.config import load_config
         from cupid_airflow.core.reconcile import CheckpointStore, ReconcileRun
         from cupid_airflow.core.store import DeliveryStore
         from cupid_airflow.cursors import VariableCursorStore
+        from cupid_airflow.operators.common import load_config_or_fail
 
-        config = load_config(self.config_path)
+        config = load_config_or_fail(self.config_path)
         plan = build_sync_plan(config, destination_identities(config))
         state = resolve_connection(config.state_connection)
         store = DeliveryStore(state)
