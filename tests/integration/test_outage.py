@@ -128,6 +128,11 @@ def test_an_outage_of_one_receiver_stalls_the_other_once_at_most_and_loses_nothi
 
     quick = 3 * INTERVAL + SLACK
     stall = RETRIES * RETRY_DELAY + quick
+    print(
+        f"b: slowest {max(arrived['b'][k] - t for k, t in inserted.items() if k in arrived['b']):.1f} s after "
+        f"its insert; a: its backlog delivered {max(arrived['a'].values(), default=healed_at) - healed_at:.1f} s "
+        f"after the receiver healed; {len(inserted)} rows inserted"
+    )
     latency_b = {k: arrived["b"][k] - t for k, t in inserted.items() if k in arrived["b"]}
     assert set(latency_b) == set(inserted), f"b never got {sorted(set(inserted) - set(latency_b))}"
     slow = sorted(k for k, d in latency_b.items() if d > quick)
