@@ -1,95 +1,49 @@
-"""Integration tests of the full reconcile: real MariaDB tables, :class:`ReconcileRun`, the reconcile DAG.
+"""Reconcile findings: every kind of difference, identical tables, collations, key types, composite keys.
 
 Every test builds its own source and destination tables in a fresh database (the delivery store
 ``cupid_delivery`` and the checkpoint table ``cupid_reconcile_checkpoint`` live there too), runs
-:class:`cupid_airflow.core.reconcile.ReconcileRun` and checks what was recorded. The last test runs
-the generated ``cupid_<name>_reconcile`` DAG, then the sync DAG whose ``deliver`` task POSTs what
-the reconcile found to a receiver on 127.0.0.1.
+:class:`cupid_airflow.core.reconcile.ReconcileRun` and checks what was recorded.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import textwrap
-import threading
-import time
 import zlib
-from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from cupid_airflow.core import reconcile as reconcile_module
 from cupid_airflow.core.compare import DestinationSpec
 from cupid_airflow.core.config import load_config
 from cupid_airflow.core.payload import idempotency_key, row_version
-from cupid_airflow.core.reconcile import CHECKPOINT_TABLE, ReconcileRun, ReconcileSettings, TableSide
-from cupid_airflow.core.sql import ConnectionParams, connect
-from cupid_airflow.core.store import STATUSES, DeliveryStore, StoredItem
+from cupid_airflow.core.reconcile import ReconcileRun, ReconcileSettings, TableSide
+from cupid_airflow.core.reconcile import table as reconcile_table
+from cupid_airflow.core.store import DeliveryStore
 from cupid_airflow.core.sync import MemoryCursorStore, SyncPlan, SyncRun
-from cupid_airflow.cursors import cursor_variable_key
-from cupid_airflow.dag_factory import build_dags
+from tests.integration.reconcile_support import (
+    CONFIG,
+    SIMPLE_SPEC,
+    all_items,
+    checkpoints,
+    code,
+    execute,
+    found,
+    keys_sql,
+    params_for,
+    raw_rows,
+    reconcile,
+    scalar,
+    simple_tables,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
+    from pathlib import Path
 
-    from conftest import AirflowVariables, MariaDB
+    from conftest import MariaDB
 
 pytestmark = pytest.mark.integration
-
-CONFIG = "rec"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-# -- helpers ---------------------------------------------------------------------------------------
-def params_for(mariadb: MariaDB, database: str | None) -> ConnectionParams:
-    return ConnectionParams(
-        host=mariadb.host, port=mariadb.port, user=mariadb.user, password=mariadb.password, database=database
-    )
-
-
-def execute(mariadb: MariaDB, database: str | None, *statements: str | tuple[str, Any]) -> None:
-    conn = mariadb.connect(database)
-    try:
-        cursor = conn.cursor()
-        for statement in statements:
-            if isinstance(statement, tuple):
-                cursor.execute(*statement)
-            else:
-                cursor.execute(statement)
-    finally:
-        conn.close()
-
-
-def raw_rows(mariadb: MariaDB, database: str, sql: str) -> list[dict[str, bytes | None]]:
-    """Rows as cupid reads them: raw bytes, None for NULL."""
-    conn = connect(params_for(mariadb, database))
-    try:
-        cursor = conn.cursor()
-        cursor.execute(sql)
-        names = [d[0].decode() if isinstance(d[0], bytes) else d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-    finally:
-        conn.close()
-
-
-def scalar(mariadb: MariaDB, database: str, sql: str) -> Any:
-    conn = mariadb.connect(database)
-    try:
-        cursor = conn.cursor()
-        cursor.execute(sql)
-        return cursor.fetchone()[0]
-    finally:
-        conn.close()
 
 
 @pytest.fixture
@@ -108,70 +62,6 @@ def other_database(mariadb: MariaDB) -> Iterator[str]:
         yield name
     finally:
         execute(mariadb, None, f"DROP DATABASE IF EXISTS `{name}`")
-
-
-def reconcile(
-    mariadb: MariaDB,
-    source_database: str,
-    destinations: dict[str, tuple[str, DestinationSpec]],
-    store: DeliveryStore,
-    *,
-    config: str = CONFIG,
-    table: str = "src",
-    by_column: str = "code",
-    progress: MemoryCursorStore | None = None,
-    **settings: Any,
-) -> dict[str, Any]:
-    """One reconcile run; returns its summary."""
-    return ReconcileRun(
-        config=config,
-        source=params_for(mariadb, source_database),
-        table=table,
-        id_column="id",
-        by_column=by_column,
-        destinations={n: (params_for(mariadb, db), spec) for n, (db, spec) in destinations.items()},
-        settings=ReconcileSettings(**settings),
-        store=store,
-        progress=progress,
-    ).run()
-
-
-def all_items(store: DeliveryStore, config: str = CONFIG) -> list[StoredItem]:
-    return store.items(config, statuses=STATUSES, limit=1_000_000)
-
-
-def found(store: DeliveryStore, config: str = CONFIG) -> set[tuple[str, bytes, int]]:
-    """(destination, row key, type) of every recorded item."""
-    return {(i.destination, i.row_key, i.type) for i in all_items(store, config)}
-
-
-def checkpoints(mariadb: MariaDB, database: str, config: str = CONFIG) -> int:
-    return int(scalar(mariadb, database, f"SELECT COUNT(*) FROM {CHECKPOINT_TABLE} WHERE config = '{config}'"))
-
-
-def code(n: int) -> bytes:
-    return f"k{n:05d}".encode()
-
-
-def simple_tables(mariadb: MariaDB, database: str, rows: int, destination_database: str | None = None) -> None:
-    """``src(id, code, name)`` with ``rows`` rows and its exact copy ``dst(code, name)``."""
-    execute(
-        mariadb,
-        database,
-        "CREATE TABLE src (id BIGINT NOT NULL PRIMARY KEY, code VARCHAR(32) NULL, name VARCHAR(64) NULL, "
-        "UNIQUE KEY uq_code (code))",
-        "INSERT INTO src (id, code, name) SELECT seq, CONCAT('k', LPAD(seq, 5, '0')), CONCAT('name ', seq) "
-        f"FROM seq_1_to_{rows}",
-    )
-    execute(
-        mariadb,
-        destination_database or database,
-        "CREATE TABLE dst (code VARCHAR(32) NOT NULL PRIMARY KEY, name VARCHAR(64) NULL)",
-        f"INSERT INTO dst (code, name) SELECT code, name FROM `{database}`.src WHERE code IS NOT NULL",
-    )
-
-
-SIMPLE_SPEC = DestinationSpec("des0", "dst", "code", {"code": "code", "name": "name"})
 
 
 # -- 1. every kind of difference -------------------------------------------------------------------
@@ -318,10 +208,6 @@ def test_planted_differences_of_every_kind_are_found_exactly_as_incremental_scan
     assert again["resumed"] is False
 
 
-def keys_sql(ids: set[int]) -> str:
-    return ", ".join(f"'{code(i).decode()}'" for i in sorted(ids))
-
-
 def test_deleted_rows_are_only_counted_without_detect_deletes_and_the_fallback_row_hash_finds_the_same(
     mariadb: MariaDB, fresh_database: str, store: DeliveryStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -370,131 +256,6 @@ def test_identical_tables_report_nothing_and_null_keys_are_counted(
     assert summary["rowsCompared"] == {"source": 0, "destination": 0}  # nothing fetched
     assert (summary["missing"], summary["different"], summary["deleted"], summary["recorded"]) == (0, 0, 0, 0)
     assert checkpoints(mariadb, fresh_database) == 0
-
-
-# -- 3. pause and resume -----------------------------------------------------------------------------
-def test_paused_runs_resume_from_the_checkpoint_without_checking_a_chunk_twice_and_find_the_same(
-    mariadb: MariaDB, fresh_database: str, store: DeliveryStore
-) -> None:
-    rows = 1000
-    simple_tables(mariadb, fresh_database, rows)
-    execute(
-        mariadb,
-        fresh_database,
-        "DELETE FROM dst WHERE code IN ('k00007', 'k00500', 'k00999')",
-        "UPDATE dst SET name = 'stale' WHERE code IN ('k00100', 'k00101', 'k00800')",
-        "INSERT INTO dst VALUES ('k55555', 'extra')",
-    )
-    fixed = {"min_chunk_size": 50, "max_chunk_size": 50, "chunk_size": 50, "detect_deletes": True}
-    destinations = {"des0": (fresh_database, SIMPLE_SPEC)}
-    once = reconcile(mariadb, fresh_database, destinations, store, config="once", **fixed)["destinations"]["des0"]
-    assert once["complete"] is True
-    expected = found(store, "once")
-    assert len(expected) == 7
-
-    runs = []
-    progress = MemoryCursorStore()
-    while True:
-        summary = reconcile(
-            mariadb,
-            fresh_database,
-            destinations,
-            store,
-            config="paused",
-            max_chunks_per_run=3,
-            progress=progress,
-            **fixed,
-        )["destinations"]["des0"]
-        runs.append(summary)
-        assert summary["error"] is None
-        if summary["complete"]:
-            break
-        assert checkpoints(mariadb, fresh_database, "paused") == 1
-        assert progress.load("des0")["complete"] is False  # type: ignore[index]
-        assert len(runs) < 100
-    assert len(runs) > 5
-    assert all(r["chunks"]["source"] <= 3 and r["chunks"]["destination"] <= 3 for r in runs)
-    assert all(r["resumed"] for r in runs[1:])
-    assert {r["verifyStartedAt"] for r in runs} == {runs[0]["verifyStartedAt"]}
-    # every row was checksummed exactly once, and no chunk query was repeated
-    assert sum(r["rowsChecked"]["source"] for r in runs) == rows
-    assert sum(r["rowsChecked"]["destination"] for r in runs) == rows - 3 + 1
-    assert sum(r["chunks"]["source"] for r in runs) == once["chunks"]["source"]
-    assert sum(r["chunks"]["destination"] for r in runs) == once["chunks"]["destination"]
-    assert sum(r["rowsCompared"]["source"] for r in runs) == once["rowsCompared"]["source"]
-    assert {(d, k, t) for d, k, t in found(store, "paused")} == expected
-    assert sum(r["recorded"] for r in runs) == 7
-    assert checkpoints(mariadb, fresh_database, "paused") == 0
-
-    # a time budget that is always exhausted still moves one chunk query per side and run
-    timed = []
-    while not timed or not timed[-1]["complete"]:
-        timed.append(
-            reconcile(mariadb, fresh_database, destinations, store, config="timed", max_seconds_per_run=1e-6, **fixed)[
-                "destinations"
-            ]["des0"]
-        )
-        assert len(timed) < 100
-    assert all(r["chunks"]["source"] <= 1 for r in timed)
-    assert sum(r["rowsChecked"]["source"] for r in timed) == rows
-    assert found(store, "timed") == expected
-
-
-def test_many_differences_are_split_into_sub_buckets_and_paused_runs_find_the_same(
-    mariadb: MariaDB, fresh_database: str, store: DeliveryStore
-) -> None:
-    rows = 3000
-    simple_tables(mariadb, fresh_database, rows)
-    number = "CAST(SUBSTRING(code, 2) AS UNSIGNED)"
-    execute(
-        mariadb,
-        fresh_database,
-        f"UPDATE dst SET name = 'stale' WHERE {number} % 10 = 0",
-        f"DELETE FROM dst WHERE {number} % 25 = 3",
-    )
-    expected = {("des0", code(i), 1) for i in range(1, rows + 1) if i % 25 == 3} | {
-        ("des0", code(i), 2) for i in range(1, rows + 1) if i % 10 == 0
-    }
-    destinations = {"des0": (fresh_database, SIMPLE_SPEC)}
-    small = {"max_compare_rows": 300, "chunk_size": 200, "min_chunk_size": 200, "max_chunk_size": 200}
-    once = reconcile(mariadb, fresh_database, destinations, store, config="refined", **small)["destinations"]["des0"]
-    assert once["complete"] is True and once["error"] is None
-    assert once["refine"] >= 2  # too many rows in differing buckets: split them first
-    assert found(store, "refined") == expected
-    assert (once["missing"], once["different"]) == (120, 300)
-
-    runs = []
-    while not runs or not runs[-1]["complete"]:
-        runs.append(
-            reconcile(
-                mariadb, fresh_database, destinations, store, config="refined_paused", max_chunks_per_run=2, **small
-            )["destinations"]["des0"]
-        )
-        assert runs[-1]["error"] is None
-        assert len(runs) < 200
-    assert "refine" in {r["phase"] for r in runs[:-1]}  # paused in the middle of the refine pass, too
-    assert sum(r["rowsChecked"]["source"] for r in runs) == rows
-    assert sum(r["chunks"]["source"] for r in runs) == once["chunks"]["source"]
-    assert found(store, "refined_paused") == expected
-
-
-def test_a_busy_server_makes_the_run_wait_and_pause(
-    mariadb: MariaDB, fresh_database: str, store: DeliveryStore
-) -> None:
-    simple_tables(mariadb, fresh_database, 100)
-    summary = reconcile(
-        mariadb,
-        fresh_database,
-        {"des0": (fresh_database, SIMPLE_SPEC)},
-        store,
-        max_threads_running=0,  # always busy: at least the status query itself runs
-        max_seconds_per_run=1.0,
-        wait_second=0.2,
-    )["destinations"]["des0"]
-    assert summary["complete"] is False
-    assert summary["chunks"] == {"source": 0, "destination": 0}
-    assert summary["waitedSecond"] >= 1.0
-    assert checkpoints(mariadb, fresh_database) == 1
 
 
 # -- 4. collations ---------------------------------------------------------------------------------
@@ -698,7 +459,7 @@ def test_composite_key_columns_match_rows_by_the_tuple(
         # only the case of a key part differs: the collation's twin, one different row (not missing + extra)
         f"UPDATE dst_t SET num = 'N003' WHERE tid = {int(tenant_of_10)} AND num = 'n003'",
     )
-    monkeypatch.setattr(reconcile_module, "KEY_TUPLES", 2)  # re-reads in several OR-of-AND queries
+    monkeypatch.setattr(reconcile_table, "KEY_TUPLES", 2)  # re-reads in several OR-of-AND queries
     planted = run(CONFIG, detect_deletes=True)
     assert planted["error"] is None and planted["complete"] is True
     twin = tenant_key(int(tenant_of_10), "n003")
@@ -777,335 +538,3 @@ def test_composite_key_columns_must_be_mapped_in_every_destination(tmp_path: Pat
         with pytest.raises(ValueError, match=problem) as raised:
             load_config(path)
         assert "reconcile.keyColumns" in str(raised.value)
-
-
-# -- 6. the reconcile DAG, then delivery -------------------------------------------------------------
-class Receiver:
-    """An HTTP server on 127.0.0.1 that answers every POST with 204 and keeps the JSON bodies."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, dict[str, Any]]] = []
-        lock = threading.Lock()
-        received = self.received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with lock:
-                    received.append((self.path, json.loads(body)))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.close()
-
-
-def test_reconcile_dag_records_what_the_sync_dag_then_delivers(
-    mariadb: MariaDB,
-    fresh_database: str,
-    tmp_path: Path,
-    receiver: Receiver,
-    run_dag: Callable[..., Any],
-    xcom_value: Callable[..., Any],
-    airflow_variables: AirflowVariables,
-) -> None:
-    simple_tables(mariadb, fresh_database, 400)
-    execute(
-        mariadb,
-        fresh_database,
-        "DELETE FROM dst WHERE code = 'k00050'",
-        "UPDATE dst SET name = 'stale' WHERE code = 'k00051'",
-        "INSERT INTO dst VALUES ('k66666', 'gone at the source')",
-    )
-    name = f"recdag{secrets.token_hex(4)}"
-    dsn = mariadb.go_dsn(fresh_database)
-    data = {
-        "retries": 0,
-        "src": {"dsn": dsn, "table": "src", "byColumn": "code"},
-        "des": [
-            {
-                "dsn": dsn,
-                "table": "dst",
-                "byColumn": "code",
-                "columns": {"code": "code", "name": "name"},
-                "callbackNotification": {"url": f"{receiver.url}/cb", "timeoutSecond": 5},
-            }
-        ],
-        "reconcile": {
-            "enabled": True,
-            "detectDeletes": True,
-            "chunkSize": 100,
-            "minChunkSize": 100,
-            "maxChunkSize": 100,
-            "maxChunksPerRun": 3,
-        },
-    }
-    path = tmp_path / f"{name}.json"
-    path.write_text(json.dumps(data), encoding="utf-8")
-    config = load_config(path)
-    dags = build_dags(config)
-
-    reconcile_dag = dags[config.reconcile_dag_id]
-    first = run_dag(reconcile_dag)
-    assert first.get_task_instance("reconcile").state == "success"
-    paused = xcom_value(first, "reconcile")["destinations"]["des0"]
-    assert paused["complete"] is False  # 400 rows in chunks of 100, 3 chunk queries per run
-    mirrored = json.loads(airflow_variables.get(cursor_variable_key(name, "des0", "reconcile")) or "{}")
-    assert mirrored["complete"] is False and mirrored["phase"] in ("checksum", "compare")
-    assert checkpoints(mariadb, fresh_database, name) == 1
-
-    # triggered with {"restart": true}, a run drops the checkpoint and starts a new verify
-    restarted = run_dag(reconcile_dag, run_conf={"restart": True})
-    assert restarted.get_task_instance("reconcile").state == "success"
-    again = xcom_value(restarted, "reconcile")["destinations"]["des0"]
-    assert again["resumed"] is False and again["complete"] is False
-    assert again["verifyStartedAt"] > paused["verifyStartedAt"]
-
-    runs = [again]
-    while not runs[-1]["complete"]:
-        dag_run = run_dag(reconcile_dag)
-        assert dag_run.get_task_instance("reconcile").state == "success"
-        runs.append(xcom_value(dag_run, "reconcile")["destinations"]["des0"])
-        assert len(runs) < 20
-    assert sum(r["rowsChecked"]["source"] for r in runs) == 400
-    store = DeliveryStore(params_for(mariadb, fresh_database))
-    try:
-        assert Counter(t for _, _, t in found(store, name)) == {1: 1, 2: 1, 3: 1}
-    finally:
-        store.close()
-    mirrored = json.loads(airflow_variables.get(cursor_variable_key(name, "des0", "reconcile")) or "{}")
-    assert mirrored["complete"] is True
-    assert checkpoints(mariadb, fresh_database, name) == 0
-
-    # the incremental compare is past these rows already; the sync DAG's deliver sends what reconcile found
-    airflow_variables.set(cursor_variable_key(name, "des0"), json.dumps({"insertId": 401}))
-    sync = run_dag(dags[config.sync_dag_id])
-    assert sync.get_task_instance("deliver").state == "success"
-    assert xcom_value(sync, "compare")["recorded"] == 0
-    bodies = {body["key"]: body for path_, body in receiver.received if path_ == "/cb"}
-    assert set(bodies) == {"k00050", "k00051", "k66666"}
-    assert bodies["k00050"]["type"] == 1 and bodies["k00050"]["srcColumn"]["id"] == "50"
-    assert bodies["k00051"]["differences"] == {"name": {"source": "name 51", "destination": "stale"}}
-    assert bodies["k66666"]["type"] == 3
-    assert bodies["k66666"]["desColumn"] == {"code": "k66666", "name": "gone at the source"}
-
-
-# -- 7. SIGKILL in the middle of a run ---------------------------------------------------------------
-KILL_CHILD = textwrap.dedent(
-    """
-    import json, sys
-    from cupid_airflow.core.compare import DestinationSpec
-    from cupid_airflow.core.reconcile import ReconcileRun, ReconcileSettings
-    from cupid_airflow.core.sql import ConnectionParams
-    from cupid_airflow.core.store import DeliveryStore
-
-    args = json.loads(sys.argv[1])
-    params = ConnectionParams(**args["params"])
-    spec = DestinationSpec("des0", "dst", "code", {"code": "code", "name": "name"})
-    ReconcileRun(
-        config=args["config"], source=params, table="src", id_column="id", by_column="code",
-        destinations={"des0": (params, spec)},
-        settings=ReconcileSettings(**args["settings"]), store=DeliveryStore(params),
-    ).run()
-    """
-)
-
-
-def test_a_killed_run_resumes_from_its_last_checkpoint(
-    mariadb: MariaDB, fresh_database: str, store: DeliveryStore
-) -> None:
-    rows = 60_000
-    simple_tables(mariadb, fresh_database, rows)
-    execute(
-        mariadb,
-        fresh_database,
-        "DELETE FROM dst WHERE code IN ('k00003', 'k59999')",
-        "UPDATE dst SET name = 'stale' WHERE code IN ('k30000', 'k45000')",
-    )
-    settings = {"chunk_size": 100, "min_chunk_size": 100, "max_chunk_size": 100, "checkpoint_second": 0.05}
-    params = params_for(mariadb, fresh_database)
-    argument = {
-        "params": {
-            "host": params.host,
-            "port": params.port,
-            "user": params.user,
-            "password": params.password,
-            "database": params.database,
-        },
-        "config": CONFIG,
-        "settings": settings,
-    }
-    child = subprocess.Popen(
-        [sys.executable, "-c", KILL_CHILD, json.dumps(argument)],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    checkpointed = 0
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and child.poll() is None:
-            state = checkpoint_state(mariadb, fresh_database)
-            if state is not None and state["sides"]["source"]["rows"] >= 5000:
-                checkpointed = state["sides"]["source"]["rows"]
-                break
-            time.sleep(0.01)
-        assert child.poll() is None, "the reconcile finished before it could be killed: make the table bigger"
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait(10)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(10)
-    assert child.returncode == -signal.SIGKILL
-    state = checkpoint_state(mariadb, fresh_database)
-    assert state is not None and state["phase"] == "checksum"
-    done = state["sides"]["source"]["rows"]
-    assert checkpointed <= done < rows
-
-    resumed = reconcile(mariadb, fresh_database, {"des0": (fresh_database, SIMPLE_SPEC)}, store, **settings)
-    outcome = resumed["destinations"]["des0"]
-    assert outcome["resumed"] is True and outcome["complete"] is True
-    assert outcome["rowsChecked"]["source"] == rows - done  # nothing before the checkpoint is read again
-    assert outcome["rows"]["source"] == rows
-    assert found(store) == {
-        ("des0", b"k00003", 1),
-        ("des0", b"k59999", 1),
-        ("des0", b"k30000", 2),
-        ("des0", b"k45000", 2),
-    }
-
-
-def checkpoint_state(mariadb: MariaDB, database: str) -> dict[str, Any] | None:
-    conn = mariadb.connect(database)
-    try:
-        cursor = conn.cursor()
-        cursor.execute(f"SHOW TABLES LIKE '{CHECKPOINT_TABLE}'")
-        if not cursor.fetchall():
-            return None
-        cursor.execute(f"SELECT state FROM {CHECKPOINT_TABLE} WHERE config = %s AND destination = 'des0'", (CONFIG,))
-        row = cursor.fetchone()
-        return None if row is None else json.loads(row[0])
-    finally:
-        conn.close()
-
-
-# -- 8. a destination on another server --------------------------------------------------------------
-@pytest.fixture(scope="module")
-def second_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConnectionParams]:
-    """A MariaDB server of its own (grant tables skipped, 16 MB buffer pool), started for this module."""
-    server = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
-    install = shutil.which("mariadb-install-db")
-    if not os.path.exists(server) or install is None:
-        pytest.skip("mariadbd and mariadb-install-db are needed to start a second server")
-    home = tmp_path_factory.mktemp("second-mariadb")
-    data = home / "data"
-    installed = subprocess.run(
-        [install, "--no-defaults", f"--datadir={data}", "--user=root", "--skip-test-db"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    if installed.returncode != 0:
-        pytest.skip(f"mariadb-install-db failed: {installed.stderr[-500:]}")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = open(home / "server.log", "wb")  # noqa: SIM115 - closed after the server stops
-    process = subprocess.Popen(
-        [
-            server,
-            "--no-defaults",
-            f"--datadir={data}",
-            f"--port={port}",
-            "--bind-address=127.0.0.1",
-            f"--socket={home / 'server.sock'}",
-            f"--pid-file={home / 'server.pid'}",
-            "--user=root",
-            "--skip-grant-tables",
-            "--skip-log-bin",
-            "--innodb-buffer-pool-size=16M",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    params = ConnectionParams(host="127.0.0.1", port=port, user="root", password="", database=None)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                connect(params).close()
-                break
-            except Exception:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.skip(f"the second server did not start: {(home / 'server.log').read_text()[-500:]}")
-                time.sleep(0.2)
-        yield params
-    finally:
-        process.terminate()
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-        log.close()
-
-
-def test_a_destination_on_another_server_is_verified_with_one_query_per_chunk_on_each(
-    mariadb: MariaDB, fresh_database: str, store: DeliveryStore, second_server: ConnectionParams
-) -> None:
-    simple_tables(mariadb, fresh_database, 5000)
-    rows = raw_rows(mariadb, fresh_database, "SELECT code, name FROM dst")
-    conn = connect(second_server)
-    try:
-        cursor = conn.cursor()
-        cursor.execute("SELECT @@port, @@datadir")
-        port, datadir = cursor.fetchone()
-        assert int(port) == second_server.port != mariadb.port
-        assert datadir.decode() != scalar(mariadb, fresh_database, "SELECT @@datadir")
-        cursor.execute("CREATE DATABASE IF NOT EXISTS remote CHARACTER SET utf8mb4")
-        cursor.execute("DROP TABLE IF EXISTS remote.dst")
-        cursor.execute(
-            "CREATE TABLE remote.dst (id INT NOT NULL AUTO_INCREMENT PRIMARY KEY, code VARCHAR(32) NOT NULL, "
-            "name VARCHAR(64) NULL, UNIQUE KEY (code))"
-        )
-        cursor.executemany(
-            "INSERT INTO remote.dst (code, name) VALUES (%s, %s)", [(r["code"], r["name"]) for r in rows]
-        )
-        cursor.execute("DELETE FROM remote.dst WHERE code = 'k04321'")
-        cursor.execute("UPDATE remote.dst SET name = NULL WHERE code = 'k00777'")
-        cursor.execute("INSERT INTO remote.dst (code, name) VALUES ('k90000', 'only remote')")
-    finally:
-        conn.close()
-    remote = ConnectionParams(host=second_server.host, port=second_server.port, user="root", database="remote")
-    summary = ReconcileRun(
-        config=CONFIG,
-        source=params_for(mariadb, fresh_database),
-        table="src",
-        id_column="id",
-        by_column="code",
-        destinations={"remote": (remote, SIMPLE_SPEC)},
-        settings=ReconcileSettings(detect_deletes=True, chunk_size=500, min_chunk_size=500, max_chunk_size=500),
-        store=store,
-    ).run()["destinations"]["remote"]
-    assert summary["error"] is None and summary["complete"] is True
-    assert summary["rows"] == {"source": 5000, "destination": 5000}
-    assert found(store) == {("remote", b"k04321", 1), ("remote", b"k00777", 2), ("remote", b"k90000", 3)}
