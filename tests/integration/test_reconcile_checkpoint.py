@@ -178,8 +178,8 @@ def scalar_rows(mariadb: MariaDB, database: str, sql: str) -> list[tuple[str, An
 
 
 # -- item 5: the lock ------------------------------------------------------------------------------
-def lock_name(config: str, destination: str) -> str:
-    return "cupid_reconcile:" + hashlib.sha1(f"{config}\0{destination}".encode()).hexdigest()[:40]
+def lock_name(database: str, config: str, destination: str) -> str:
+    return "cupid_reconcile:" + hashlib.sha1(f"{database}\0{config}\0{destination}".encode()).hexdigest()[:40]
 
 
 def test_a_run_whose_lock_connection_died_stops_instead_of_running_beside_another(
@@ -201,7 +201,7 @@ def test_a_run_whose_lock_connection_died_stops_instead_of_running_beside_anothe
         target=lambda: result.update(reconcile(mariadb, db, {"des0": (db, SIMPLE_SPEC)}, store, **small)), daemon=True
     )
     first.start()
-    name = lock_name(CONFIG, "des0")
+    name = lock_name(db, CONFIG, "des0")
     deadline = time.monotonic() + 30
     holder = None
     while holder is None and time.monotonic() < deadline:

@@ -65,8 +65,10 @@ class CheckpointStore(LazyConnection):
 
     # -- the lock -----------------------------------------------------------------------------
     def lock(self, config: str, destination: str) -> bool:
-        """Take the lock of this verify; False when another run holds it."""
-        name = "cupid_reconcile:" + hashlib.sha1(f"{config}\0{destination}".encode()).hexdigest()[:40]
+        """Take the lock of this verify; False when another run holds it. Lock names are server-wide: the
+        name covers the state database, whose checkpoint table the verify belongs to."""
+        verify = f"{self.params.database}\0{config}\0{destination}"
+        name = "cupid_reconcile:" + hashlib.sha1(verify.encode()).hexdigest()[:40]
         row = self._execute("SELECT GET_LOCK(%s, 0)", (name,)).fetchone()
         if row and row[0] is not None and int(row[0]) == 1:
             self._lock = name

@@ -36,7 +36,7 @@ class KeyMatcher:
         wanted = set(keys)
         held: dict[Key, list[tuple[Key, Values]]] = {}
         twins: dict[Key, list[tuple[Key, Values]]] = {}
-        for key, values in self.side.mapped_rows(keys):
+        for key, values, _ in self.side.mapped_rows(keys):
             (held if key in wanted else twins).setdefault(key, []).append((key, values))
         if twins:
             by_loose: dict[Key, list[tuple[Key, Values]]] = {}
@@ -51,7 +51,7 @@ class KeyMatcher:
             unclaimed = [k for k in twins if k not in claimed]
             if unclaimed:  # twins by the collation's own rules (accents, expansions): ask key by key
                 for key in [k for k in keys if k not in held][:MAX_SINGLE_LOOKUPS]:
-                    rows = self.side.mapped_rows([key])
-                    if rows:
-                        held[key] = rows
+                    single = [(k, v) for k, v, _ in self.side.mapped_rows([key])]
+                    if single:
+                        held[key] = single
         return held

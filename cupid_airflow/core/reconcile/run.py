@@ -25,8 +25,9 @@ from cupid_airflow.core.reconcile.state import (
     Verify,
     fingerprint,
 )
+from cupid_airflow.core.reconcile.sweep import ComparePass
 from cupid_airflow.core.reconcile.table import HASH_CRC32C, HASH_REVERSE, ReconcileError, TableSide
-from cupid_airflow.core.reconcile.walk import ComparePass, checksum_pass
+from cupid_airflow.core.reconcile.walk import checksum_pass
 from cupid_airflow.core.sql import ConnectionParams, describe_error
 
 if TYPE_CHECKING:
@@ -38,6 +39,25 @@ if TYPE_CHECKING:
     from cupid_airflow.core.sync import CursorStore
 
 log = logging.getLogger(__name__)
+
+# strings whose folds differ between collation implementations if any do: case, accents, spacing,
+# expansions, non-Latin scripts
+FOLD_PROBES = (
+    "abc",
+    "ABC ",
+    "Ab c",
+    "café",
+    "CAFE",
+    "Straße",
+    "STRASSE",
+    "æ",
+    "ǅ",
+    "İi",
+    "ﬁ",
+    "日本語",
+    "٣",
+    "\u00a0x",
+)
 
 
 @dataclass(frozen=True)
@@ -241,12 +261,13 @@ class _Verification:
             source_keys = run.key_columns
             destination_keys = [_mapped_name(spec, c) for c in run.key_columns]
         self.sides = {
-            SOURCE: TableSide(SOURCE, run.source, run.table, run.by_column, columns, source_keys),
+            SOURCE: TableSide(SOURCE, run.source, run.table, run.by_column, columns, source_keys, run.id_column),
             DESTINATION: TableSide(
                 DESTINATION, params, spec.table, spec.by_column, [spec.columns[c] for c in columns], destination_keys
             ),
         }
         self.readers: dict[str, TableSide] = {}
+        self._findings: Findings
         self._saved_at = time.monotonic()
         self._saved_mark: tuple[Any, ...] | None = None
 
@@ -257,6 +278,8 @@ class _Verification:
             for side in self.sides.values():
                 side.prepare()
             self.readers = {role: side.reader() for role, side in self.sides.items()}
+            key_column = ",".join(run.key_columns) if (run := self.run_).key_columns else run.by_column
+            self._findings = Findings(run.config, self.name, self.spec.table, key_column, self.readers[SOURCE])
             verify = self._load()
             verify.runs += 1
             budget = Budget(deadline, self.settings.max_chunks_per_run, self.outcome)
@@ -284,21 +307,15 @@ class _Verification:
                 verify.buckets,
             )
             self._checkpoint(verify, budget, force=True)
+        folds = self._folds() if verify.phase == COMPARE else {}
         while verify.phase == COMPARE:
             source, destination = self.readers[SOURCE], self.readers[DESTINATION]
             judge = Judge(
                 source,
                 destination,
-                Findings(
-                    self.run_.config,
-                    self.name,
-                    self.spec.table,
-                    ",".join(self.run_.key_columns) if self.run_.key_columns else self.run_.by_column,
-                    self.run_.id_column,
-                    composite=bool(self.run_.key_columns),
-                ),
                 detect_deletes=self.settings.detect_deletes,
-                exact_deletes=same_pairing(source.keys, destination.keys),
+                folded=folds[SOURCE] != source.fold_sql(None),
+                same_pairing=same_pairing(source.keys, destination.keys),
                 paired=verify.paired,
             )
             compare = ComparePass(
@@ -306,6 +323,7 @@ class _Verification:
                 self.sides,
                 self.readers,
                 judge,
+                folds,
                 self.settings,
                 budget,
                 lambda tally: self._record(verify, tally),
@@ -315,7 +333,7 @@ class _Verification:
                 return
             if verify.sweep == 1 and verify.deferred and self.settings.detect_deletes:
                 log.info("destination %s: %d rows to decide once every twin is known", self.name, verify.deferred)
-                verify.sweep, verify.position = 2, 0
+                verify.sweep, verify.range_index, verify.position = 2, 0, None
             else:
                 verify.phase = DONE
         log.info(
@@ -324,12 +342,32 @@ class _Verification:
             *(verify.found[k] for k in ("missing", "different", "deleted", "extra")),
         )
 
+    def _folds(self) -> dict[str, str]:
+        """How each table folds its key for the compare's groups: under the destination's collation when the
+        source server folds a probe of tricky strings exactly as the destination's does, else by bytes."""
+        source, destination = self.sides[SOURCE], self.sides[DESTINATION]
+        theirs = destination.keys
+        exact = True
+        for ours, other in zip(source.keys, theirs, strict=True):
+            if other.collation is None or other.charset in (None, "binary"):
+                exact = exact and (ours.data_type == other.data_type or same_pairing([ours], [other]))
+                continue
+            there = destination.fold_probe(other, FOLD_PROBES)
+            exact = exact and there is not None and source.fold_probe(other, FOLD_PROBES) == there
+        if not exact:
+            log.info("destination %s: keys are paired by bytes, collation twins by lookups", self.name)
+            return {SOURCE: source.fold_sql(None), DESTINATION: destination.fold_sql(None)}
+        return {SOURCE: source.fold_sql(theirs), DESTINATION: destination.fold_sql(theirs)}
+
     def _record(self, verify: Verify, tally: Tally) -> None:
-        if not tally.records:
+        if not tally.findings:
             return
-        self.checkpoints.check()  # a run that lost its lock records nothing more
         began = time.monotonic()
-        recorded = self.run_.store.record(tally.records)
+        detected_at = str(self.readers[SOURCE].query("SELECT NOW(6)")[0][0].decode())
+        records, vanished = self._findings.records(tally.findings, detected_at)
+        tally.changed += vanished
+        self.checkpoints.check()  # a run that lost its lock records nothing more
+        recorded = self.run_.store.record(records)
         self.outcome.record_second += time.monotonic() - began
         self.outcome.recorded += recorded
         verify.recorded += recorded
@@ -384,7 +422,8 @@ class _Verification:
     @staticmethod
     def _mark(verify: Verify) -> tuple[Any, ...]:
         """What changes with progress (and only with progress)."""
-        return (verify.phase, verify.sweep, verify.position, *(s.chunks for s in verify.sides.values()))
+        sides = (s.chunks for s in verify.sides.values())
+        return (verify.phase, verify.sweep, verify.range_index, verify.position, *sides)
 
     def _checkpoint(self, verify: Verify, budget: Budget, *, force: bool = False) -> None:
         """Write the checkpoint when the verify moved since the last write, at most every ``checkpoint_second``

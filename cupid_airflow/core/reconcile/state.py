@@ -25,6 +25,7 @@ SOURCE = "source"
 DESTINATION = "destination"
 SIDES = (SOURCE, DESTINATION)
 FOUND = ("missing", "different", "deleted", "extra")
+GROUPS = 1 << 32  # the compare's group numbers: CRC32 of the folded key
 
 
 def fingerprint(source: dict[str, Any], destination: dict[str, Any], options: dict[str, Any]) -> str:
@@ -75,7 +76,8 @@ class Verify:
     The checksum phase sums both tables into one pair of arrays: per hash bucket, source rows minus
     destination rows (``counts``) and the XOR of every row hash of both (``xors``); a bucket is equal
     when both are zero. The compare phase reads the rows of the differing buckets (a bitmap) in one
-    ordered pass per table, bucket ``position`` onwards, in the bucket ranges that start at ``ranges``.
+    ordered pass per table, sorted by the key as the destination's collation folds it, in the ranges of
+    ``CRC32`` of that fold that start at ``ranges``: range ``range_index``, fold ``position`` onwards.
     Sweep 1 judges every candidate; sweep 2 (only when needed) decides the destination rows sweep 1 had
     to defer, once ``paired`` (digests of destination keys the destination's collation paired with a
     source key of other bytes) is complete.
@@ -93,7 +95,8 @@ class Verify:
     differing_buckets: int = 0
     ranges: list[int] = field(default_factory=lambda: [0])
     sweep: int = 1
-    position: int = 0
+    range_index: int = 0
+    position: bytes | None = None
     deferred: int = 0
     paired: set[int] = field(default_factory=set)
     found: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FOUND, 0))
@@ -125,8 +128,8 @@ class Verify:
         self.counts, self.xors = array("i"), array("Q")
         rows = max(s.rows for s in self.sides.values()) * differing // max(1, self.buckets)
         parts = max(1, -(-rows // max(1, max_compare_rows)))
-        self.ranges = [self.buckets * n // parts for n in range(parts)]
-        self.sweep, self.position = 1, 0
+        self.ranges = [GROUPS * n // parts for n in range(parts)]
+        self.sweep, self.range_index, self.position = 1, 0, None
         self.phase = COMPARE if differing else DONE
 
     def differs(self, bucket: int) -> bool:
@@ -148,7 +151,8 @@ class Verify:
             "differingBuckets": self.differing_buckets,
             "ranges": self.ranges,
             "sweep": self.sweep,
-            "position": self.position,
+            "rangeIndex": self.range_index,
+            "position": None if self.position is None else self.position.hex(),
             "deferred": self.deferred,
             "found": self.found,
             "recorded": self.recorded,
@@ -174,7 +178,8 @@ class Verify:
         verify.differing_buckets = int(state["differingBuckets"])
         verify.ranges = [int(r) for r in state["ranges"]]
         verify.sweep = int(state["sweep"])
-        verify.position = int(state["position"])
+        verify.range_index = int(state["rangeIndex"])
+        verify.position = None if state["position"] is None else bytes.fromhex(state["position"])
         verify.deferred = int(state["deferred"])
         verify.found = {k: int(state["found"][k]) for k in FOUND}
         verify.recorded = int(state["recorded"])
@@ -200,7 +205,6 @@ class Verify:
             "checksumDone": {n: s.done for n, s in self.sides.items()},
             "differingBuckets": self.differing_buckets if self.phase != CHECKSUM else None,
             "sweep": self.sweep,
-            "position": self.position,
             "found": dict(self.found),
             "recorded": self.recorded,
             "runs": self.runs,

@@ -50,6 +50,7 @@ class TableSide(LazyConnection):
         key: str,
         columns: Sequence[str],
         key_columns: Sequence[str] | None = None,
+        id_column: str | None = None,
     ) -> None:
         super().__init__(params)
         self.role = role
@@ -65,10 +66,13 @@ class TableSide(LazyConnection):
         self.pk_index: str | None = None
         self.estimated_rows = 0
         self.has_crc32c = False
+        self.id_column = id_column  # the source's id column (``src.idColumn``), read for ``source_id``
 
     def reader(self) -> TableSide:
         """The same prepared side on a connection of its own (a streamed result holds its connection)."""
-        other = TableSide(self.role, self.params, self.table_name, self.key_name, self.columns, self.key_parts)
+        other = TableSide(
+            self.role, self.params, self.table_name, self.key_name, self.columns, self.key_parts, self.id_column
+        )
         other.key_parts, other.composite = self.key_parts, self.composite
         other.keys, other.info, other.pk, other.pk_index = self.keys, self.info, self.pk, self.pk_index
         other.estimated_rows, other.has_crc32c = self.estimated_rows, self.has_crc32c
@@ -149,6 +153,8 @@ class TableSide(LazyConnection):
         absent = [c for c in dict.fromkeys(named) if c.lower() not in self.info]
         if absent:
             raise ReconcileError(f"{self.role} table {self.table_name!r} has no column(s) {', '.join(absent)}")
+        if self.id_column is not None and self.id_column.lower() not in self.info:
+            self.id_column = None
         self.keys = [self.info[c.lower()] for c in self.key_parts]
         indexes: dict[str, list[tuple[int, str, bool, bool]]] = {}
         for name, seq, column, non_unique, sub_part in self.query(
@@ -294,56 +300,77 @@ class TableSide(LazyConnection):
         )
 
     # -- the ordered pass ---------------------------------------------------------------------
-    def ordered_sql(self, buckets: int, method: str, where: str, with_pk: bool) -> str:
-        """``(bucket, key part..., row hash[, pk...])`` of the rows ``where`` picks (a condition on ``b``, the
-        bucket), in bucket order: both sides' results merge bucket by bucket with little memory."""
+    def fold_sql(self, theirs: Sequence[Column] | None) -> str:
+        """The key as the destination's collation sees it: the weight string of each part under the
+        destination column's collation (trailing spaces dropped where it pads), so keys it pairs fold alike.
+        ``theirs`` are the destination's key columns; None: the key's text itself (no collation folding)."""
+        if theirs is None:
+            if not self.composite:
+                return f"CAST({self._value(self.keys[0])} AS BINARY)"
+            return f"CAST(CONCAT_WS('|', {', '.join(self._framed(c) for c in self.keys)}) AS BINARY)"
+        parts = [self._fold_part(ours, other) for ours, other in zip(self.keys, theirs, strict=True)]
+        if len(parts) == 1:
+            return parts[0]
+        framed = [
+            f"IF({quote_identifier(c.name)} IS NULL, 'N', CONCAT(LENGTH({p}), ':', {p}))"
+            for c, p in zip(self.keys, parts, strict=True)
+        ]
+        return f"CONCAT_WS('|', {', '.join(framed)})"
+
+    def _fold_part(self, ours: Column, theirs: Column) -> str:
+        name = quote_identifier(ours.name)
+        if theirs.collation is None or theirs.charset in (None, "binary"):
+            return f"CAST({self._value(ours)} AS BINARY)"  # numbers, dates, bytes: as rendered
+        text = name if ours.charset else f"CAST({name} AS CHAR)"
+        converted = f"CONVERT({text} USING {theirs.charset})"
+        if pads(theirs.collation):
+            converted = f"RTRIM({converted})"
+        return f"WEIGHT_STRING({converted} COLLATE {theirs.collation})"
+
+    def fold_probe(self, theirs: Column, probes: Sequence[str]) -> list[bytes | None] | None:
+        """The folds of ``probes`` (text) on this server under ``theirs``' collation; None when it cannot."""
+        if theirs.collation is None or theirs.charset in (None, "binary"):
+            return None
+        folds = []
+        for probe in probes:
+            converted = f"CONVERT({self.text_literal(probe)} USING {theirs.charset})"
+            if pads(theirs.collation):
+                converted = f"RTRIM({converted})"
+            try:
+                folds.append(self.query(f"SELECT WEIGHT_STRING({converted} COLLATE {theirs.collation})")[0][0])
+            except Exception:  # this server does not know that collation
+                return None
+        return folds
+
+    def ordered_sql(self, buckets: int, fold: str, where: str, with_bucket: bool) -> str:
+        """``(fold, key part..., compared value...[, id][, bucket])`` of the rows ``where`` picks (conditions on
+        ``{b}``, the checksum bucket, ``{f}``, the fold, and ``{g}``, ``CRC32`` of the fold), sorted by fold:
+        both tables' results merge in one pass with little memory."""
         bucket = self.bucket_sql(buckets)
-        select = [f"{bucket} AS b", self._key_list(), self.row_hash_sql(method)]
-        if with_pk and self.pk:
-            select.append(self._pk_list())
-        return f"SELECT {', '.join(select)} FROM {self.table} WHERE {where.replace('{b}', bucket)} ORDER BY b"
+        select = [f"{fold} AS f", self._key_list()]
+        select += [quote_identifier(self.column(c).name) for c in self.columns]
+        if self.id_column is not None:
+            select.append(quote_identifier(self.column(self.id_column).name))
+        if with_bucket:
+            select.append(bucket)
+        condition = where.replace("{b}", bucket).replace("{g}", f"CRC32({fold})").replace("{f}", fold)
+        return f"SELECT {', '.join(select)} FROM {self.table} WHERE {condition} ORDER BY f"
 
     def prepare_sort(self) -> None:
-        """Let the server sort the (small) selected values themselves, not row ids it must read again."""
-        with contextlib.suppress(Exception):
-            self.query("SET SESSION max_length_for_sort_data = 65536")
+        """Let the server sort the (small) selected values themselves, not row ids it must read again, and by
+        whole folds (the merge checks that rows come in fold order)."""
+        for setting in ("max_length_for_sort_data = 65536", "max_sort_length = 8192"):
+            with contextlib.suppress(Exception):
+                self.query(f"SET SESSION {setting}")
 
-    # -- re-reads of the judge ----------------------------------------------------------------
-    def rows_by_pk(self, pks: Sequence[Pk]) -> list[dict[str, bytes | None]]:
-        """Whole rows (``SELECT *``) by clustered key."""
-        if not pks:
-            return []
-        if len(self.pk) == 1:
-            column = self.pk[0]
-            where = (
-                f"{quote_identifier(column.name)} IN ({', '.join(self.literal(column, p[0]) or 'NULL' for p in pks)})"
-            )
-        else:
-            rows = ", ".join(
-                "(" + ", ".join(self.literal(c, v) or "NULL" for c, v in zip(self.pk, p, strict=True)) + ")"
-                for p in pks
-            )
-            where = f"({self._pk_list()}) IN ({rows})"
-        return self.query_dicts(f"SELECT * FROM {self.table} WHERE {where}")
-
+    # -- lookups of the judge ------------------------------------------------------------------
     def rows_by_key(self, keys: Sequence[Key]) -> list[dict[str, bytes | None]]:
         """Whole rows (``SELECT *``) this table's collation matches to ``keys``."""
         return [
-            r for where in self._keys_in(keys) for r in self.query_dicts(f"SELECT * FROM {self.table} WHERE {where}")
+            row
+            for where in self._keys_in(keys)
+            for row in self.query_dicts(f"SELECT * FROM {self.table} WHERE {where}")
         ]
-
-    def mapped_rows(self, keys: Sequence[Key]) -> list[tuple[Key, Values]]:
-        """``(key, compared values)`` of every row this table's collation matches to ``keys`` (twins and
-        duplicates included), in this side's compared-column order."""
-        columns = ", ".join(quote_identifier(self.column(c).name) for c in self.columns)
-        width = len(self.keys)
-        out: list[tuple[Key, Values]] = []
-        for where in self._keys_in(keys):
-            for row in self.query(f"SELECT {self._key_list()}, {columns} FROM {self.table} WHERE {where}"):
-                key = composite_key(row[:width]) if self.composite else row[0]
-                if key is not None:
-                    out.append((key, tuple(row[width:])))
-        return out
 
     def row_key(self, row: dict[str, bytes | None]) -> Key | None:
         """The match key of a whole row read by ``SELECT *`` (None for a NULL single key)."""
@@ -354,6 +381,23 @@ class TableSide(LazyConnection):
     def values(self, row: dict[str, bytes | None]) -> Values:
         """The compared values of a whole row, in this side's compared-column order."""
         return tuple(row.get(name_in(row, c)) for c in self.columns)
+
+    def mapped_rows(self, keys: Sequence[Key]) -> list[tuple[Key, Values, bytes | None]]:
+        """``(key, compared values, id)`` of every row this table's collation matches to ``keys`` (twins and
+        duplicates included), values in this side's compared-column order; the id is None without an id
+        column."""
+        columns = [quote_identifier(self.column(c).name) for c in self.columns]
+        if self.id_column is not None:
+            columns.append(quote_identifier(self.column(self.id_column).name))
+        width, count = len(self.keys), len(self.columns)
+        out: list[tuple[Key, Values, bytes | None]] = []
+        for where in self._keys_in(keys):
+            for row in self.query(f"SELECT {self._key_list()}, {', '.join(columns)} FROM {self.table} WHERE {where}"):
+                key = composite_key(row[:width]) if self.composite else row[0]
+                if key is not None:
+                    ident = row[width + count] if self.id_column is not None else None
+                    out.append((key, tuple(row[width : width + count]), ident))
+        return out
 
     def _keys_in(self, keys: Sequence[Key]) -> Iterator[str]:
         """``WHERE`` conditions matching ``keys``; keys this table's key cannot hold are left out."""
@@ -409,6 +453,12 @@ class TableSide(LazyConnection):
                     return None if value is None else int(value)
             return None
         return None
+
+
+def pads(collation: str) -> bool:
+    """Whether a collation compares as if shorter strings were padded with spaces (PAD SPACE)."""
+    lowered = collation.lower()
+    return "nopad" not in lowered and "_0900_" not in lowered
 
 
 def name_in(row: dict[str, Any], column: str) -> str:
