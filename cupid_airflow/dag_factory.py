@@ -42,7 +42,9 @@ def config_folder(dags_folder: str | Path) -> Path:
 
 
 def build_dags(config: CupidConfig) -> dict[str, DAG]:
-    """The sync DAG and the failure-pool DAG of one config."""
+    """The sync DAG (unless the config watches nothing), the failure-pool DAG and the reconcile DAG (when
+    enabled) of one config. A reconcile-only config has no sync DAG: its reconcile DAG delivers what it
+    records (``reconcile >> deliver >> done``), so nothing runs every few seconds to compare nothing."""
     from airflow.providers.standard.operators.empty import EmptyOperator
     from airflow.sdk import DAG, Param
 
@@ -55,37 +57,40 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
         from cupid_airflow.notify import TaskFailureAlert
 
         alerts["on_failure_callback"] = TaskFailureAlert(config.path)
-    with DAG(
-        dag_id=config.sync_dag_id,
-        schedule=config.schedule,
-        start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        dagrun_timeout=timedelta(minutes=30),
-        params={
-            "start_id": Param(
-                None,
-                type=["null", "integer"],
-                minimum=1,
-                description="Rescan new rows from this source id (replaces the stored insert cursor).",
+    dags: dict[str, DAG] = {}
+    if config.watches:
+        with DAG(
+            dag_id=config.sync_dag_id,
+            schedule=config.schedule,
+            start_date=START_DATE,
+            catchup=False,
+            max_active_runs=1,
+            dagrun_timeout=timedelta(minutes=30),
+            params={
+                "start_id": Param(
+                    None,
+                    type=["null", "integer"],
+                    minimum=1,
+                    description="Rescan new rows from this source id (replaces the stored insert cursor).",
+                )
+            },
+            doc_md=_sync_doc(config),
+            tags=tags,
+            default_args={"owner": "cupid", **alerts},
+        ) as sync:
+            compare = MySqlCompareOperator(task_id="compare", config_path=config.path, retries=0)
+            deliver = CallbackOperator(
+                task_id="deliver",
+                config_path=config.path,
+                retries=config.retries,
+                retry_delay=retry_delay,
+                trigger_rule="all_done",
             )
-        },
-        doc_md=_sync_doc(config),
-        tags=tags,
-        default_args={"owner": "cupid", **alerts},
-    ) as sync:
-        compare = MySqlCompareOperator(task_id="compare", config_path=config.path, retries=0)
-        deliver = CallbackOperator(
-            task_id="deliver",
-            config_path=config.path,
-            retries=config.retries,
-            retry_delay=retry_delay,
-            trigger_rule="all_done",
-        )
-        # the run fails when either task failed, so run-level alerts and dashboards see it
-        done = EmptyOperator(task_id="done")
-        compare >> deliver >> done
-        compare >> done
+            # the run fails when either task failed, so run-level alerts and dashboards see it
+            done = EmptyOperator(task_id="done")
+            compare >> deliver >> done
+            compare >> done
+        dags[sync.dag_id] = sync
     with DAG(
         dag_id=config.failure_pool_dag_id,
         schedule=timedelta(seconds=config.failure_pool.schedule_second),
@@ -97,7 +102,7 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
         default_args={"owner": "cupid", **alerts},
     ) as pool:
         CallbackOperator(task_id="drain", config_path=config.path, failure_pool=True, retries=0)
-    dags = {sync.dag_id: sync, pool.dag_id: pool}
+    dags[pool.dag_id] = pool
     if config.reconcile.enabled:
         schedule = config.reconcile.schedule
         with DAG(
@@ -117,7 +122,18 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
             tags=tags,
             default_args={"owner": "cupid", **alerts},
         ) as reconcile:
-            MySqlReconcileOperator(task_id="reconcile", config_path=config.path, retries=0)
+            verify = MySqlReconcileOperator(task_id="reconcile", config_path=config.path, retries=0)
+            if not config.watches:  # no sync DAG to deliver what the reconcile records
+                deliver = CallbackOperator(
+                    task_id="deliver",
+                    config_path=config.path,
+                    retries=config.retries,
+                    retry_delay=retry_delay,
+                    trigger_rule="all_done",
+                )
+                done = EmptyOperator(task_id="done")
+                verify >> deliver >> done
+                verify >> done
         dags[reconcile.dag_id] = reconcile
     return dags
 
@@ -246,7 +262,7 @@ def _reconcile_doc(config: CupidConfig) -> str:
         "destination: both tables are read in their own primary-key order, rows are checksummed per hash bucket "
         "of the key, and only rows of differing buckets are fetched. Records each missing or different row"
         f"{' and each row deleted at the source (type 3)' if section.detect_deletes else ''} in the delivery store; "
-        f"`{config.sync_dag_id}`'s `deliver` task sends them. A run pauses after {section.max_seconds_per_run:g} s"
+        f"{_deliverer(config)} sends them. A run pauses after {section.max_seconds_per_run:g} s"
         + (f" or {section.max_chunks_per_run} chunk queries" if section.max_chunks_per_run else "")
         + f" and the next one resumes from the checkpoint in table `{CHECKPOINT_TABLE}` "
         f"({config.state_connection.describe()}); progress for the UI: Variables "
@@ -255,9 +271,16 @@ def _reconcile_doc(config: CupidConfig) -> str:
     )
 
 
+def _deliverer(config: CupidConfig) -> str:
+    """The task that delivers what a config records."""
+    if config.watches:
+        return f"`{config.sync_dag_id}`'s `deliver` task"
+    return f"`{config.reconcile_dag_id}`'s `deliver` task (a reconcile-only config has no sync DAG)"
+
+
 def _pool_doc(config: CupidConfig) -> str:
     return (
-        f"# cupid failure pool: `{config.name}`\n\nRetries parked callbacks of `{config.sync_dag_id}` every "
+        f"# cupid failure pool: `{config.name}`\n\nRetries parked callbacks of {_deliverer(config)} every "
         f"{config.failure_pool.schedule_second} s, oldest first, until delivered.\n\n"
         f"Inspect and act: `python -m cupid_airflow pool list {config.path}`."
     )

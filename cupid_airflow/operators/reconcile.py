@@ -97,6 +97,7 @@ def reconcile_settings(section: Reconcile) -> ReconcileSettings:
         bucket_rows=section.bucket_rows,
         max_compare_rows=section.max_compare_rows,
         checkpoint_second=section.checkpoint_second,
+        max_checkpoint_age_second=section.max_checkpoint_age_second,
     )
 
 

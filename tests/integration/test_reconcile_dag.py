@@ -176,3 +176,58 @@ def test_reconcile_dag_records_what_the_sync_dag_then_delivers(
     assert bodies["k00051"]["differences"] == {"name": {"source": "name 51", "destination": "stale"}}
     assert bodies["k66666"]["type"] == 3
     assert bodies["k66666"]["desColumn"] == {"code": "k66666", "name": "gone at the source"}
+
+
+# -- item 7: a config that only reconciles -----------------------------------------------------------
+def test_a_reconcile_only_config_has_no_sync_dag_and_its_reconcile_dag_delivers_what_it_finds(
+    mariadb: MariaDB,
+    fresh_database: str,
+    tmp_path: Path,
+    receiver: Receiver,
+    run_dag: Callable[..., Any],
+    xcom_value: Callable[..., Any],
+) -> None:
+    simple_tables(mariadb, fresh_database, 300)
+    execute(
+        mariadb,
+        fresh_database,
+        "DELETE FROM dst WHERE code = 'k00010'",
+        "UPDATE dst SET name = 'stale' WHERE code = 'k00011'",
+    )
+    name = f"reconly{secrets.token_hex(4)}"
+    dsn = mariadb.go_dsn(fresh_database)
+    data: dict[str, Any] = {
+        "retries": 0,
+        "src": {"dsn": dsn, "table": "src", "byColumn": "code", "insert": False, "update": False},
+        "des": [
+            {
+                "dsn": dsn,
+                "table": "dst",
+                "byColumn": "code",
+                "columns": {"code": "code", "name": "name"},
+                "callbackNotification": {"url": f"{receiver.url}/cb", "timeoutSecond": 5},
+            }
+        ],
+    }
+    path = tmp_path / f"{name}.json"
+    # watching nothing and verifying nothing is still a mistake
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ValueError, match="nothing would ever be compared"):
+        load_config(path)
+
+    data["reconcile"] = {"enabled": True, "schedule": "0 3 * * *"}
+    path.write_text(json.dumps(data), encoding="utf-8")
+    config = load_config(path)
+    dags = build_dags(config)
+    assert sorted(dags) == [config.failure_pool_dag_id, config.reconcile_dag_id]  # no sync DAG
+    reconcile_dag = dags[config.reconcile_dag_id]
+    assert sorted(reconcile_dag.task_ids) == ["deliver", "done", "reconcile"]
+    assert "`deliver` task" in (reconcile_dag.doc_md or "")
+
+    dag_run = run_dag(reconcile_dag)
+    assert dag_run.get_task_instance("reconcile").state == "success"
+    assert dag_run.get_task_instance("deliver").state == "success"
+    assert xcom_value(dag_run, "reconcile")["destinations"]["des0"]["complete"] is True
+    bodies = {body["key"]: body for path_, body in receiver.received if path_ == "/cb"}
+    assert set(bodies) == {"k00010", "k00011"}
+    assert bodies["k00010"]["type"] == 1 and bodies["k00011"]["type"] == 2
