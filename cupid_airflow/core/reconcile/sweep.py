@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LISTED_BUCKETS = 20000  # the most bucket numbers one ordered read names in SQL; beyond, it filters as it reads
-WINDOW = 5000  # rows of each table merged at once
+WINDOW = 5000  # rows of each table merged at once (fewer with a small fetch_batch: batches end with a window)
 _END = object()
 _FOLD = itemgetter(0)
 
@@ -213,7 +213,8 @@ class ComparePass:
     def _merge(self, reads: dict[str, OrderedRead], exact: bool) -> bool:
         keep = None if exact else (lambda row, differs=self.verify.differs: differs(int(row[-1])))
         ours, theirs = _Window(reads[SOURCE].batches(), keep), _Window(reads[DESTINATION].batches(), keep)
-        size = WINDOW
+        window = max(100, min(WINDOW, 20 * self.settings.fetch_batch))
+        size = window
         while True:
             ours.fill(size)
             theirs.fill(size)
@@ -225,7 +226,7 @@ class ComparePass:
             if not our_rows and not their_rows:
                 size *= 2  # one fold holds more rows than a window: take more
                 continue
-            size = WINDOW
+            size = window
             self._window(our_rows, their_rows)
             if self._pending() >= self.settings.fetch_batch and bound is not None:
                 if not self._may_go_on():
