@@ -52,22 +52,23 @@ class Findings:
         self.key_column = key_column
         self.source = source
 
-    def records(self, findings: Sequence[Finding], detected_at: str) -> tuple[list[Mismatch], int]:
-        """The records of a batch of findings, and how many turned out equal (or gone) on a second look."""
+    def records(self, findings: Sequence[Finding], detected_at: str) -> tuple[list[Mismatch], list[Finding]]:
+        """The records of a batch of findings, and the findings that turned out equal (or gone) on a second look."""
         wanted = [f.key for f in findings if f.kind != DELETED]
         rows = {}
         for row in self.source.rows_by_key(wanted) if wanted else []:
             key = self.source.row_key(row)
             if key is not None:
                 rows[key] = row
-        out, vanished = [], 0
+        out: list[Mismatch] = []
+        vanished: list[Finding] = []
         for finding in findings:
             if finding.kind == DELETED:
                 out.append(self._deleted(finding, detected_at))
                 continue
             current = rows.get(finding.key)
             if current is None:
-                vanished += 1  # deleted or re-keyed at the source since it was compared
+                vanished.append(finding)  # deleted or re-keyed at the source since it was compared
                 continue
             differences = None
             if finding.kind == DIFFERENT:
@@ -80,7 +81,7 @@ class Findings:
                     if values[n] != finding.actual[n]
                 }
                 if not differences:
-                    vanished += 1  # equal now
+                    vanished.append(finding)  # equal now
                     continue
             out.append(self._source(finding, current, differences, detected_at))
         return out, vanished

@@ -128,6 +128,8 @@ class ReconcileOutcome:
     key_bytes_only: int = 0
     duplicate_keys: int = 0
     waited_second: float = 0.0
+    checksum_second: float = 0.0
+    compare_second: float = 0.0
     record_second: float = 0.0
     seconds: float = 0.0
     error: str | None = None
@@ -165,6 +167,8 @@ class ReconcileOutcome:
             "keyBytesOnly": self.key_bytes_only,
             "duplicateKeys": self.duplicate_keys,
             "waitedSecond": round(self.waited_second, 3),
+            "checksumSecond": round(self.checksum_second, 3),
+            "compareSecond": round(self.compare_second, 3),
             "recordSecond": round(self.record_second, 3),
             "seconds": round(self.seconds, 3),
             "error": self.error,
@@ -293,8 +297,10 @@ class _Verification:
                 side.close()
 
     def _phases(self, verify: Verify, budget: Budget) -> None:
+        began = time.monotonic()
         if verify.phase == CHECKSUM:
             checksum_pass(verify, self.sides, self.settings, budget, lambda: self._checkpoint(verify, budget))
+            self.outcome.checksum_second += time.monotonic() - began
             if not all(verify.sides[r].done for r in SIDES):
                 return
             verify.begin_compare(self.settings.max_compare_rows)
@@ -307,6 +313,13 @@ class _Verification:
                 verify.buckets,
             )
             self._checkpoint(verify, budget, force=True)
+        began = time.monotonic()
+        try:
+            self._compare(verify, budget)
+        finally:
+            self.outcome.compare_second += time.monotonic() - began
+
+    def _compare(self, verify: Verify, budget: Budget) -> None:
         folds = self._folds() if verify.phase == COMPARE else {}
         while verify.phase == COMPARE:
             source, destination = self.readers[SOURCE], self.readers[DESTINATION]
@@ -365,7 +378,12 @@ class _Verification:
         began = time.monotonic()
         detected_at = str(self.readers[SOURCE].query("SELECT NOW(6)")[0][0].decode())
         records, vanished = self._findings.records(tally.findings, detected_at)
-        tally.changed += vanished
+        for finding in vanished:
+            tally.changed += 1
+            if finding.kind == MISSING:
+                tally.missing -= 1
+            else:
+                tally.different -= 1
         self.checkpoints.check()  # a run that lost its lock records nothing more
         recorded = self.run_.store.record(records)
         self.outcome.record_second += time.monotonic() - began
