@@ -54,9 +54,12 @@ class Findings:
 
     def records(self, findings: Sequence[Finding], detected_at: str) -> tuple[list[Mismatch], list[Finding]]:
         """The records of a batch of findings, and the findings that turned out equal (or gone) on a second look."""
-        wanted = [f.key for f in findings if f.kind != DELETED]
+        wanted = [f for f in findings if f.kind != DELETED]
+        by_id = None
+        if all(f.source_id is not None for f in wanted):
+            by_id = self.source.rows_by_id([f.source_id for f in wanted if f.source_id is not None])
         rows = {}
-        for row in self.source.rows_by_key(wanted) if wanted else []:
+        for row in by_id if by_id is not None else self.source.rows_by_key([f.key for f in wanted]):
             key = self.source.row_key(row)
             if key is not None:
                 rows[key] = row

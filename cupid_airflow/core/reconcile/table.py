@@ -372,6 +372,15 @@ class TableSide(LazyConnection):
             for row in self.query_dicts(f"SELECT * FROM {self.table} WHERE {where}")
         ]
 
+    def rows_by_id(self, ids: Sequence[int]) -> list[dict[str, bytes | None]] | None:
+        """Whole rows by id, when the id column is the clustered key (one lookup a row); else None."""
+        if self.id_column is None or len(self.pk) != 1 or self.pk[0].name.lower() != self.id_column.lower():
+            return None
+        if not ids:
+            return []
+        listed = ", ".join(str(int(i)) for i in sorted(ids))
+        return self.query_dicts(f"SELECT * FROM {self.table} WHERE {quote_identifier(self.pk[0].name)} IN ({listed})")
+
     def row_key(self, row: dict[str, bytes | None]) -> Key | None:
         """The match key of a whole row read by ``SELECT *`` (None for a NULL single key)."""
         if self.composite:
