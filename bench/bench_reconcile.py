@@ -90,9 +90,18 @@ def run_reconcile(pair: tuple[str, str], out: Any) -> None:
             "seconds": elapsed,
             "summary": summary["destinations"]["des0"],
             "found": found,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mb": peak_rss_mb(),
         }
     )
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS. ``VmHWM``, not ``getrusage``: on Linux the latter also counts the parent's RSS
+    at the moment a spawned child was forked."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def reconcile(pair: tuple[str, str]) -> dict[str, Any]:
