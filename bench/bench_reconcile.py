@@ -1,13 +1,22 @@
-"""Benchmark the full reconcile: hash-bucket checksums on two 1,000,000-row tables.
+"""Benchmark the full reconcile on 1,000,000-row tables at 0/2/10/50% differing rows, and 10,000,000 identical rows.
 
-Measures, on the local MariaDB, ``--repeat`` times side by side: the floor
-(streaming both tables' mapped columns to a client once), cupid's reconcile of
-two identical tables, cupid's reconcile with 0.1% of rows missing or different
-(and that it finds exactly those), and reladiff 0.6.0 on the same tables
-(installed into its own venv under ``.bench/`` on first use; ``--no-reladiff``
-skips it). Each reconcile runs in a child process, whose peak RSS is reported.
+Per run (``--repeat``), side by side on the local MariaDB:
 
-    .venv/bin/python bench/bench_reconcile.py --rows 1000000 --repeat 3
+- the read floor: streaming both tables' mapped columns (``number, name, avatar``) to a client once;
+- cupid's reconcile of identical tables and of tables where 2%, 10% and 50% of the rows differ (half
+  of them missing at the destination, half different), each in a child process whose peak RSS is
+  reported; every found row is checked against the planted ones; ``record`` is the part spent turning
+  findings into delivery-store records (today: reading the whole source rows, building bodies, and
+  inserting them), ``verify`` the rest;
+- reladiff 0.6.0 on the same differing tables (``--reladiff-repeat`` runs, installed into its own venv
+  under ``.bench/`` on first use; ``--no-reladiff`` skips it); its answer is checked against the planted
+  rows, and a ratio is printed only when it is exact;
+- with ``--ten-million``: the floor and cupid's reconcile of two identical 10,000,000-row tables.
+
+Each figure's median is the median of that figure over the runs (``statistics.median``; with two runs,
+their mean). The machine is shared: figures move with its load, which is printed with them.
+
+    .venv/bin/python bench/bench_reconcile.py --repeat 3 --ten-million
 """
 
 from __future__ import annotations
@@ -15,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
+import re
 import resource
 import statistics
 import subprocess
@@ -34,19 +45,25 @@ from cupid_airflow.core.store import DeliveryStore
 REPO = Path(__file__).resolve().parent.parent
 STORE_TABLE = "cupid_delivery_bench_reconcile"
 CHECKPOINT_TABLE = "cupid_reconcile_checkpoint_bench"
-IDENTICAL = ("cupid_bench_rsrc", "cupid_bench_rdst")
-DIFFERENT = ("cupid_bench_r1src", "cupid_bench_r1dst")
-ONE_PERCENT = ("cupid_bench_r10src", "cupid_bench_r10dst")
 COLUMNS = {"number": "number", "name": "name", "avatar": "avatar"}
+PER = 1000
+# name, missing and different rows per PER (half of the differing rows each)
+SCENARIOS = (("identical", 0, 0), ("2%", 10, 10), ("10%", 50, 50), ("50%", 250, 250))
+
+
+def databases(name: str, rows: int) -> tuple[str, str]:
+    tag = {"identical": "same", "2%": "p2", "10%": "p10", "50%": "p50"}[name]
+    prefix = "cupid_bench_rec" if rows == 1_000_000 else f"cupid_bench_rec{rows // 1_000_000}m"
+    return f"{prefix}_{tag}_src", f"{prefix}_{tag}_dst"
 
 
 def _params(database: str | None = None) -> ConnectionParams:
     return ConnectionParams(database=database)
 
 
-def run_reconcile(databases: tuple[str, str], out: Any) -> None:
-    """Child process: one unbounded reconcile; report seconds, chunks, found and peak RSS."""
-    source_db, destination_db = databases
+def run_reconcile(pair: tuple[str, str], out: Any) -> None:
+    """Child process: one unbounded reconcile; report seconds, the summary, what was found and peak RSS."""
+    source_db, destination_db = pair
     store = DeliveryStore(_params(source_db), table=STORE_TABLE)
     store.ensure_schema()
     store.conn.cursor().execute(f"TRUNCATE TABLE {STORE_TABLE}")
@@ -73,25 +90,37 @@ def run_reconcile(databases: tuple[str, str], out: Any) -> None:
             "seconds": elapsed,
             "summary": summary["destinations"]["des0"],
             "found": found,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mb": peak_rss_mb(),
         }
     )
 
 
-def reconcile(databases: tuple[str, str]) -> dict[str, Any]:
+def peak_rss_mb() -> float:
+    """This process's peak RSS. ``VmHWM``, not ``getrusage``: on Linux the latter also counts the parent's RSS
+    at the moment a spawned child was forked."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reconcile(pair: tuple[str, str]) -> dict[str, Any]:
     receiver, sender = multiprocessing.Pipe(duplex=False)
-    child = multiprocessing.get_context("spawn").Process(target=run_reconcile, args=(databases, sender))
+    child = multiprocessing.get_context("spawn").Process(target=run_reconcile, args=(pair, sender))
     child.start()
     result: dict[str, Any] = receiver.recv()
     child.join()
+    if result["summary"]["error"]:
+        raise RuntimeError(f"reconcile failed: {result['summary']['error']}")
     return result
 
 
-def floor(databases: tuple[str, str]) -> float:
+def floor(pair: tuple[str, str]) -> float:
+    """Seconds to stream both tables' mapped columns to a client, one after the other."""
     import MySQLdb.cursors
 
     started = time.monotonic()
-    for database in databases:
+    for database in pair:
         conn = connect(_params(database))
         cursor = conn.cursor(MySQLdb.cursors.SSCursor)
         cursor.execute("SELECT number, name, avatar FROM user")
@@ -101,12 +130,13 @@ def floor(databases: tuple[str, str]) -> float:
     return time.monotonic() - started
 
 
-def reladiff(databases: tuple[str, str], timeout: float, threads: int) -> tuple[float, str] | None:
-    """Seconds reladiff took and its stats line (rows exclusive to each side, updated), or None when it failed.
+def reladiff(pair: tuple[str, str], timeout: float, threads: int) -> tuple[float, set[int], set[int], set[int]] | None:
+    """Seconds reladiff took and the ids it reported missing, different and extra; None when it failed.
 
-    reladiff 0.6.0 exits 0 even when it fails: a run counts only when it printed its stats. Its default
-    sorting of the differences crashes on rows with NULLs (``'<' not supported between ... 'NoneType'``),
-    so ``--skip-sort-results`` is passed; ``hashdiff`` is what it picks for tables in two databases.
+    reladiff 0.6.0 exits 0 even when it fails: a run counts only when it exited cleanly with no error
+    logged. Its default sorting of the differences crashes on rows with NULLs, so ``--skip-sort-results``
+    is passed; ``hashdiff`` is what it picks for tables in two databases. Its diff lines start with
+    ``- id, ...`` (a row of the first table) or ``+ id, ...`` (of the second).
     """
     venv = REPO / ".bench" / "reladiff-venv"
     binary = venv / "bin" / "reladiff"
@@ -117,7 +147,7 @@ def reladiff(databases: tuple[str, str], timeout: float, threads: int) -> tuple[
             ["uv", "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), "reladiff[mysql]==0.6.0"],
             check=True,
         )
-    source_db, destination_db = databases
+    source_db, destination_db = pair
     command = [
         str(binary),
         f"mysql://root@127.0.0.1:3306/{source_db}",
@@ -126,18 +156,8 @@ def reladiff(databases: tuple[str, str], timeout: float, threads: int) -> tuple[
         "user",
         "-k",
         "id",
-        "-c",
-        "number",
-        "-c",
-        "name",
-        "-c",
-        "avatar",
-        "--stats",
-        "--algorithm",
-        "hashdiff",
-        "--skip-sort-results",
-        "--threads",
-        str(threads),
+        *("-c", "number", "-c", "name", "-c", "avatar"),
+        *("--algorithm", "hashdiff", "--skip-sort-results", "--threads", str(threads)),
     ]
     started = time.monotonic()
     try:
@@ -146,130 +166,134 @@ def reladiff(databases: tuple[str, str], timeout: float, threads: int) -> tuple[
         return None
     elapsed = time.monotonic() - started
     errors = [line for line in result.stderr.splitlines() if " ERROR - " in line]
-    if result.returncode != 0 or errors or "rows in table A" not in result.stdout:
+    if result.returncode != 0 or errors:
         print(f"reladiff failed ({result.returncode}): {'; '.join(errors) or result.stderr.strip()[-500:]}")
         return None
-    stats = [line.strip() for line in result.stdout.splitlines() if "exclusive" in line or "updated" in line]
-    return elapsed, "; ".join(stats)
+    first: set[int] = set()
+    second: set[int] = set()
+    for sign, ident in re.findall(r"^([+-]) (\d+),", result.stdout, flags=re.MULTILINE):
+        (first if sign == "-" else second).add(int(ident))
+    return elapsed, first - second, first & second, second - first
+
+
+def load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--repeat", type=int, default=3, help="measure everything this many times")
+    parser.add_argument("--repeat", type=int, default=3, help="measure cupid and the floor this many times")
     parser.add_argument("--no-reladiff", action="store_true")
-    parser.add_argument(
-        "--one-percent", action="store_true", help="also reconcile tables with 1%% missing and 1%% different rows"
-    )
-    parser.add_argument("--reladiff-timeout", type=float, default=300.0)
+    parser.add_argument("--reladiff-repeat", type=int, default=1, help="reladiff runs per differing scenario")
+    parser.add_argument("--reladiff-timeout", type=float, default=900.0)
     parser.add_argument("--reladiff-threads", type=int, default=1, help="reladiff's --threads (its default: 1)")
+    parser.add_argument("--ten-million", action="store_true", help="also 10,000,000 identical rows")
+    parser.add_argument("--scenarios", default="identical,2%,10%,50%", help="which of identical,2%%,10%%,50%%")
     args = parser.parse_args()
-    params = _params()
-    for databases, missing, different in ((IDENTICAL, 0, 0), (DIFFERENT, 5, 5)):
+    chosen = [s for s in SCENARIOS if s[0] in args.scenarios.split(",")]
+    pairs: dict[str, tuple[str, str]] = {}
+    for name, missing, different in chosen:
+        pairs[name] = databases(name, args.rows)
         built = build(
-            params,
+            _params(),
             args.rows,
             missing,
             different,
-            per=10000,
-            source_db=databases[0],
-            destination_db=databases[1],
+            per=PER,
+            source_db=pairs[name][0],
+            destination_db=pairs[name][1],
             destination_id=True,
         )
-        print(f"{databases[1]}: {args.rows:,} rows ({f'built in {built:.1f} s' if built else 'reused'})")
-    if args.one_percent:
+        print(f"{name}: {args.rows:,} rows ({f'built in {built:.1f} s' if built else 'reused'})", flush=True)
+    big = databases("identical", 10_000_000) if args.ten_million else None
+    if big:
         built = build(
-            params,
-            args.rows,
-            10,
-            10,
-            per=1000,
-            source_db=ONE_PERCENT[0],
-            destination_db=ONE_PERCENT[1],
-            destination_id=True,
+            _params(), 10_000_000, 0, 0, per=PER, source_db=big[0], destination_db=big[1], destination_id=True
         )
-        print(f"{ONE_PERCENT[1]}: {args.rows:,} rows ({f'built in {built:.1f} s' if built else 'reused'})")
-    planted = planted_ids(args.rows, 5, 5, per=10000)
-    expected = {(1, i) for i in planted.missing} | {(2, i) for i in planted.different}
+        print(f"identical: 10,000,000 rows ({f'built in {built:.1f} s' if built else 'reused'})", flush=True)
+    planted = {name: planted_ids(args.rows, m, d, per=PER) for name, m, d in chosen}
 
     runs: list[dict[str, Any]] = []
     all_exact = True
     for n in range(1, args.repeat + 1):
-        run: dict[str, Any] = {"floor_second": floor(IDENTICAL)}
-        same = reconcile(IDENTICAL)
-        diff = reconcile(DIFFERENT)
-        exact = set(diff["found"]) == expected and len(diff["found"]) == len(expected) and not same["found"]
-        all_exact = all_exact and exact
-        run.update(
-            identical_second=same["seconds"],
-            different_second=diff["seconds"],
-            exact=exact,
-            peak_rss_mb=max(same["peak_rss_mb"], diff["peak_rss_mb"]),
-        )
-        print(
-            f"run {n}: floor {run['floor_second']:.2f} s | identical {same['seconds']:.2f} s "
-            f"({same['seconds'] / run['floor_second']:.2f}x floor; chunks {_chunks(same)}, found {len(same['found'])})"
-            f" | 0.1% different {diff['seconds']:.2f} s ({diff['seconds'] / same['seconds']:.2f}x identical; "
-            f"chunks {_chunks(diff)}, {diff['summary']['differingBuckets']} of {diff['summary']['buckets']} buckets "
-            f"differ; planted {len(expected):,}, found {len(diff['found']):,}: {'EXACT' if exact else 'MISMATCH'})"
-            f" | peak RSS {run['peak_rss_mb']:.1f} MB"
-        )
-        if not args.no_reladiff:
-            measured = reladiff(DIFFERENT, args.reladiff_timeout, args.reladiff_threads)
-            run["reladiff_second"] = measured[0] if measured else None
-            if measured is None:
-                print(
-                    f"run {n}: reladiff 0.6.0 (key id), 0.1% different: no result within {args.reladiff_timeout:.0f} s"
-                )
-            else:
-                seconds, stats = measured
-                print(
-                    f"run {n}: reladiff 0.6.0 (key id, --threads {args.reladiff_threads}), 0.1% different: "
-                    f"{seconds:.2f} s ({stats}); cupid {diff['seconds']:.2f} s, {seconds / diff['seconds']:.1f}x faster"
-                )
-        if args.one_percent:
-            large = planted_ids(args.rows, 10, 10, per=1000)
-            wanted = {(1, i) for i in large.missing} | {(2, i) for i in large.different}
-            big = reconcile(ONE_PERCENT)
-            big_exact = set(big["found"]) == wanted and len(big["found"]) == len(wanted)
-            all_exact = all_exact and big_exact
-            run["one_percent_second"] = big["seconds"]
+        run: dict[str, Any] = {"load": load(), "floor": floor(pairs[chosen[0][0]])}
+        print(f"run {n} (load {run['load']}): floor {run['floor']:.2f} s", flush=True)
+        for name, _, _ in chosen:
+            result = reconcile(pairs[name])
+            expected = {(1, i) for i in planted[name].missing} | {(2, i) for i in planted[name].different}
+            exact = set(result["found"]) == expected and len(result["found"]) == len(expected)
+            all_exact = all_exact and exact
+            summary = result["summary"]
+            run[name] = result["seconds"]
+            run[f"{name} record"] = summary["recordSecond"]
+            run[f"{name} rss"] = result["peak_rss_mb"]
+            base = run.get("identical")
             print(
-                f"run {n}: 1% missing + 1% different {big['seconds']:.2f} s ({big['seconds'] / same['seconds']:.2f}x "
-                f"identical; chunks {_chunks(big)}, {big['summary']['differingBuckets']} buckets differ, refined "
-                f"into {big['summary']['refine']} each; planted {len(wanted):,}, found {len(big['found']):,}: "
-                f"{'EXACT' if big_exact else 'MISMATCH'}) | peak RSS {big['peak_rss_mb']:.1f} MB"
+                f"  {name}: {result['seconds']:.2f} s"
+                + (f" ({result['seconds'] / base:.2f}x identical)" if base and name != "identical" else "")
+                + (f" ({result['seconds'] / run['floor']:.2f}x floor)" if name == "identical" else "")
+                + f"; verify {result['seconds'] - summary['recordSecond']:.2f} s"
+                f" + record {summary['recordSecond']:.2f} s"
+                f"; {summary['differingBuckets']} of {summary['buckets']} buckets differ, rows compared "
+                f"{summary['rowsCompared']['source']:,}+{summary['rowsCompared']['destination']:,}; planted "
+                f"{len(expected):,}, found {len(result['found']):,}: {'EXACT' if exact else 'MISMATCH'}"
+                f"; peak RSS {result['peak_rss_mb']:.0f} MB (load {load()})",
+                flush=True,
+            )
+        if big:
+            run["floor 10M"] = floor(big)
+            result = reconcile(big)
+            exact = not result["found"]
+            all_exact = all_exact and exact
+            run["identical 10M"], run["identical 10M rss"] = result["seconds"], result["peak_rss_mb"]
+            base = run.get("identical")
+            print(
+                f"  identical 10M: {result['seconds']:.2f} s"
+                + (f" ({result['seconds'] / base:.1f}x the 1M time)" if base else "")
+                + f", floor {run['floor 10M']:.2f} s; found {len(result['found'])}; "
+                f"peak RSS {result['peak_rss_mb']:.0f} MB (load {load()})",
+                flush=True,
             )
         runs.append(run)
 
-    def median(key: str) -> float | None:
-        values = [r[key] for r in runs if r.get(key) is not None]
-        return statistics.median(values) if values else None
+    if not args.no_reladiff:
+        for name, _, _ in chosen:
+            if name == "identical":
+                continue
+            for n in range(1, args.reladiff_repeat + 1):
+                measured = reladiff(pairs[name], args.reladiff_timeout, args.reladiff_threads)
+                if measured is None:
+                    print(f"reladiff 0.6.0, {name}: no result within {args.reladiff_timeout:.0f} s")
+                    continue
+                seconds, reported_missing, reported_different, extra = measured
+                exact = (
+                    reported_missing == set(planted[name].missing)
+                    and reported_different == set(planted[name].different)
+                    and not extra
+                )
+                cupid = statistics.median(r[name] for r in runs)
+                print(
+                    f"reladiff 0.6.0 (key id, --threads {args.reladiff_threads}), {name}, run {n}: {seconds:.2f} s; "
+                    f"reported {len(reported_missing):,} missing, {len(reported_different):,} different, "
+                    f"{len(extra):,} extra: "
+                    + (
+                        f"EXACT; cupid's median {cupid:.2f} s is {seconds / cupid:.1f}x faster"
+                        if exact
+                        else "NOT the planted rows, no ratio"
+                    )
+                    + f" (load {load()})",
+                    flush=True,
+                )
+                runs[-1].setdefault("reladiff", {}).setdefault(name, []).append(seconds if exact else None)
 
-    results: dict[str, Any] = {"rows": args.rows, "runs": runs}
-    for key in (
-        "floor_second",
-        "identical_second",
-        "different_second",
-        "one_percent_second",
-        "reladiff_second",
-        "peak_rss_mb",
-    ):
-        results[f"median_{key}"] = median(key)
-    floor_s, same_s, diff_s = median("floor_second"), median("identical_second"), median("different_second")
-    if floor_s and same_s and diff_s:
-        print(
-            f"median of {len(runs)}: floor {floor_s:.2f} s, identical {same_s:.2f} s ({same_s / floor_s:.2f}x floor), "
-            f"0.1% different {diff_s:.2f} s ({diff_s / same_s:.2f}x identical)"
-            + (f", reladiff {results['median_reladiff_second']:.2f} s" if results["median_reladiff_second"] else "")
-        )
-    print(json.dumps(results))
+    medians = {}
+    for key in sorted({k for r in runs for k, v in r.items() if isinstance(v, float)}):
+        values = [r[key] for r in runs if isinstance(r.get(key), float)]
+        medians[key] = statistics.median(values)
+    print(f"medians of {len(runs)} runs: " + ", ".join(f"{k} {v:.2f}" for k, v in medians.items()))
+    print(json.dumps({"rows": args.rows, "runs": runs, "medians": medians}))
     return 0 if all_exact else 1
-
-
-def _chunks(result: dict[str, Any]) -> str:
-    chunks = result["summary"]["chunks"]
-    return f"{chunks['source']}+{chunks['destination']}"
 
 
 if __name__ == "__main__":

@@ -45,7 +45,9 @@ def config_folder(dags_folder: str | Path) -> Path:
 
 
 def build_dags(config: CupidConfig) -> dict[str, DAG]:
-    """The sync DAG and the failure-pool DAG of one config.
+    """The sync DAG (unless the config watches nothing), the failure-pool DAG and the reconcile DAG (when
+    enabled) of one config. A reconcile-only config has no sync DAG: its reconcile DAG delivers what it
+    records (``reconcile >> deliver >> done``), so nothing runs every few seconds to compare nothing.
 
     They are not auto-registered with the module being parsed: ``cupid_dags.py`` exports them by name,
     and ``cupid_config_errors.py`` builds them only to check that they can be built.
@@ -62,48 +64,51 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
         from cupid_airflow.notify import TaskFailureAlert
 
         alerts["on_failure_callback"] = TaskFailureAlert(config.path)
-    with DAG(
-        dag_id=config.sync_dag_id,
-        auto_register=False,
-        schedule=config.schedule,
-        start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        dagrun_timeout=timedelta(minutes=30),
-        params={
-            "start_id": Param(
-                None,
-                type=["null", "integer"],
-                description="Rescan new rows from this source id (replaces the stored insert cursor; may be 0 or "
-                "negative).",
+    dags: dict[str, DAG] = {}
+    if config.watches:
+        with DAG(
+            dag_id=config.sync_dag_id,
+            auto_register=False,
+            schedule=config.schedule,
+            start_date=START_DATE,
+            catchup=False,
+            max_active_runs=1,
+            dagrun_timeout=timedelta(minutes=30),
+            params={
+                "start_id": Param(
+                    None,
+                    type=["null", "integer"],
+                    description="Rescan new rows from this source id (replaces the stored insert cursor; may be 0 or "
+                    "negative).",
+                )
+            },
+            doc_md=_sync_doc(config),
+            tags=tags,
+            default_args={"owner": "cupid", **alerts},
+        ) as sync:
+            # compare branches: `deliver` is skipped (no task process) when nothing is pending after it
+            compare = MySqlCompareOperator(
+                task_id="compare",
+                config_path=config.path,
+                deliver_task_id="deliver",
+                retries=0,
+                execution_timeout=_timeout(config.src.max_seconds_per_run),
             )
-        },
-        doc_md=_sync_doc(config),
-        tags=tags,
-        default_args={"owner": "cupid", **alerts},
-    ) as sync:
-        # compare branches: `deliver` is skipped (no task process) when nothing is pending after it
-        compare = MySqlCompareOperator(
-            task_id="compare",
-            config_path=config.path,
-            deliver_task_id="deliver",
-            retries=0,
-            execution_timeout=_timeout(config.src.max_seconds_per_run),
-        )
-        deliver = CallbackOperator(
-            task_id="deliver",
-            config_path=config.path,
-            retries=config.retries,
-            retry_delay=retry_delay,
-            trigger_rule="all_done",
-            max_seconds=DELIVER_SECONDS,
-            execution_timeout=_timeout(DELIVER_SECONDS),
-        )
-        # the run fails when either task failed, so run-level alerts and dashboards see it; a skipped
-        # deliver is no failure
-        done = EmptyOperator(task_id="done", trigger_rule="none_failed")
-        compare >> deliver >> done
-        compare >> done
+            deliver = CallbackOperator(
+                task_id="deliver",
+                config_path=config.path,
+                retries=config.retries,
+                retry_delay=retry_delay,
+                trigger_rule="all_done",
+                max_seconds=DELIVER_SECONDS,
+                execution_timeout=_timeout(DELIVER_SECONDS),
+            )
+            # the run fails when either task failed, so run-level alerts and dashboards see it; a skipped
+            # deliver is no failure
+            done = EmptyOperator(task_id="done", trigger_rule="none_failed")
+            compare >> deliver >> done
+            compare >> done
+        dags[sync.dag_id] = sync
     with DAG(
         dag_id=config.failure_pool_dag_id,
         auto_register=False,
@@ -123,7 +128,7 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
             max_seconds=DELIVER_SECONDS,
             execution_timeout=_timeout(DELIVER_SECONDS),
         )
-    dags = {sync.dag_id: sync, pool.dag_id: pool}
+    dags[pool.dag_id] = pool
     if config.reconcile.enabled:
         schedule = config.reconcile.schedule
         with DAG(
@@ -144,21 +149,26 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
             tags=tags,
             default_args={"owner": "cupid", **alerts},
         ) as reconcile:
-            reconciled = MySqlReconcileOperator(
+            verify = MySqlReconcileOperator(
                 task_id="reconcile",
                 config_path=config.path,
                 retries=0,
                 execution_timeout=_timeout(config.reconcile.max_seconds_per_run),
             )
-            # its findings go out at once (claims keep this safe beside the sync DAG's deliver)
-            reconciled >> CallbackOperator(
+            # its findings go out at once (claims keep this safe beside the sync DAG's deliver), and a
+            # reconcile-only config has no other DAG to deliver them
+            deliver = CallbackOperator(
                 task_id="deliver",
                 config_path=config.path,
                 retries=config.retries,
                 retry_delay=retry_delay,
+                trigger_rule="all_done",
                 max_seconds=DELIVER_SECONDS,
                 execution_timeout=_timeout(DELIVER_SECONDS),
             )
+            done = EmptyOperator(task_id="done", trigger_rule="none_failed")
+            verify >> deliver >> done
+            verify >> done
         dags[reconcile.dag_id] = reconcile
     return dags
 
@@ -303,7 +313,7 @@ def _reconcile_doc(config: CupidConfig) -> str:
         "destination: both tables are read in their own primary-key order, rows are checksummed per hash bucket "
         "of the key, and only rows of differing buckets are fetched. Records each missing or different row"
         f"{' and each row deleted at the source (type 3)' if section.detect_deletes else ''} in the delivery store; "
-        f"its own `deliver` task sends them. A run pauses after {section.max_seconds_per_run:g} s"
+        "its own `deliver` task sends them at once. A run pauses after {section.max_seconds_per_run:g} s"
         + (f" or {section.max_chunks_per_run} chunk queries" if section.max_chunks_per_run else "")
         + f" and the next one resumes from the checkpoint in table `{CHECKPOINT_TABLE}` "
         f"({config.state_connection.describe()}); progress for the UI: Variables "
@@ -314,7 +324,7 @@ def _reconcile_doc(config: CupidConfig) -> str:
 
 def _pool_doc(config: CupidConfig) -> str:
     return (
-        f"# cupid failure pool: `{config.name}`\n\nRetries parked callbacks of `{config.sync_dag_id}` every "
+        f"# cupid failure pool: `{config.name}`\n\nRetries the parked callbacks of config `{config.name}` every "
         f"{config.failure_pool.schedule_second} s, oldest first, until delivered.\n\n{_config_line(config)}\n\n"
         f"Inspect and act: `airflow cupid pool list {config.name}` (or `python -m cupid_airflow pool list "
         f"{config.path}`)."

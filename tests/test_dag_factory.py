@@ -408,7 +408,7 @@ def test_reconcile_dag_only_when_enabled(tmp_path: Path, monkeypatch: pytest.Mon
     )
     assert sorted(daily) == ["cupid_rec_failure_pool", "cupid_rec_reconcile", "cupid_rec_sync"]
     reconcile = daily["cupid_rec_reconcile"]
-    assert sorted(reconcile.task_ids) == ["deliver", "reconcile"]  # the reconcile DAG delivers its own findings
+    assert sorted(reconcile.task_ids) == ["deliver", "done", "reconcile"]  # it delivers its own findings
     assert reconcile.get_task("deliver").upstream_task_ids == {"reconcile"}
     assert reconcile.catchup is False
     assert reconcile.max_active_runs == 1

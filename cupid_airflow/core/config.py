@@ -213,9 +213,7 @@ class Source(_Connection):
         return value
 
     @model_validator(mode="after")
-    def _watch_something(self) -> Source:
-        if not self.insert and not self.update:
-            raise ValueError("insert and update are both false: nothing would ever be compared")
+    def _update_column(self) -> Source:
         if self.update and not self.update_column:
             raise ValueError("update is true, so updateColumn is required (an indexed last-modified column)")
         return self
@@ -386,12 +384,14 @@ class Reconcile(_Model):
     - ``maxReplicaLagSecond``: wait while a server that is a replica lags more than this (none: no gate).
     - ``loadWaitSecond``: how long to wait before checking a busy server again.
     - ``bucketRows``: rows per hash bucket aimed at (the bucket count follows the larger table, 4096 to
-      262144 buckets); fewer rows per bucket make the compare of differing buckets cheaper and the
-      checkpoint bigger.
-    - ``maxCompareRows``: rows of differing buckets (both tables) held in memory at once; more differing
-      rows than this are compared in several passes.
+      65536 buckets); fewer rows per bucket make the compare of sparse differences cheaper and the
+      checkpoint bigger (12 bytes a bucket).
+    - ``maxCompareRows``: rows of differing buckets one ordered read returns per table (the server sorts
+      them); more are read in several ranges, one more scan of each table per range.
     - ``checkpointSecond``: write the checkpoint (table ``cupid_reconcile_checkpoint`` in the state
-      database) at least this often while chunk queries run.
+      database) at most this often, and only after progress.
+    - ``maxCheckpointAgeSecond``: a verify that began longer ago than this is not resumed but started over
+      (a verify is not a snapshot: changes in ranges it already read are seen by the next one); none: no bound.
     - ``keyColumns``: two or more *source* columns that match rows instead of ``src.byColumn`` /
       ``des[].byColumn`` (a composite key); every one must be mapped in each destination's ``columns``,
       which gives its destination name.
@@ -410,8 +410,9 @@ class Reconcile(_Model):
     max_replica_lag_second: int | None = Field(default=None, ge=0)
     load_wait_second: float = Field(default=1.0, gt=0, le=600)
     bucket_rows: int = Field(default=32, ge=1, le=100000)
-    max_compare_rows: int = Field(default=100000, ge=1000)
+    max_compare_rows: int = Field(default=10_000_000, ge=1000)
     checkpoint_second: float = Field(default=10.0, gt=0)
+    max_checkpoint_age_second: float | None = Field(default=7 * 86400.0, gt=0)
     key_columns: list[str] | None = Field(default=None, min_length=2)
 
     @field_validator("key_columns")
@@ -479,6 +480,16 @@ class CupidConfig(_Model):
         return self
 
     @model_validator(mode="after")
+    def _compare_something(self) -> CupidConfig:
+        """Watching nothing is a reconcile-only config (a full verify on the reconcile schedule), or a mistake."""
+        if not self.src.insert and not self.src.update and not self.reconcile.enabled:
+            raise ValueError(
+                "src.insert and src.update are both false and reconcile is not enabled: nothing would ever be "
+                "compared (enable reconcile for a config that only verifies whole tables)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _reconcile_key_columns_mapped(self) -> CupidConfig:
         """Every ``reconcile.keyColumns`` column is mapped in each destination's ``columns``."""
         for n, (name, destination) in enumerate(zip(self.destination_names, self.des, strict=True)):
@@ -530,6 +541,11 @@ class CupidConfig(_Model):
         return f"cupid_{self.name}_reconcile"
 
     @property
+    def watches(self) -> bool:
+        """Whether the source is watched for new or updated rows (a sync DAG); False for a reconcile-only config."""
+        return self.src.insert or self.src.update
+
+    @property
     def schedule(self) -> timedelta:
         """How often the sync DAG runs: the shorter of the enabled watch intervals."""
         intervals = []
@@ -537,6 +553,8 @@ class CupidConfig(_Model):
             intervals.append(self.src.insert_interval_millisecond)
         if self.src.update:
             intervals.append(self.src.update_interval_millisecond)
+        if not intervals:
+            raise ValueError(f"config {self.name!r} watches nothing: it has no sync DAG")
         return timedelta(milliseconds=min(intervals))
 
     @property

@@ -20,15 +20,17 @@ class MySqlReconcileOperator(BaseOperator):
     """Verify the whole source table of a cupid config against each destination.
 
     Both tables are read in their own primary-key order; per hash bucket of
-    the key, row counts and XORs of row hashes are compared, and only rows of
-    differing buckets are fetched. Every mismatch (type 1 missing, 2
-    different, and 3 deleted at source when ``reconcile.detectDeletes`` is
-    on) goes into the delivery store, from which the sync DAG's ``deliver``
-    task sends it.
+    the key, row counts and XORs of row hashes are compared, then one ordered
+    read per table fetches the rows of the differing buckets. Every mismatch
+    (type 1 missing, 2 different, and 3 deleted at source when
+    ``reconcile.detectDeletes`` is on) goes into the delivery store, from
+    which the sync DAG's ``deliver`` task sends it (a reconcile-only config's
+    reconcile DAG has a ``deliver`` task of its own).
 
     A run stops after ``reconcile.maxSecondsPerRun`` (or ``maxChunksPerRun``
     chunk queries) and checkpoints in table ``cupid_reconcile_checkpoint`` of
-    the state database; the next run resumes there. A small progress summary
+    the state database; the next run resumes there, unless the verify began
+    more than ``maxCheckpointAgeSecond`` ago. A small progress summary
     is mirrored into the Variable ``cupid_<config>_<destination>_reconcile``
     for the UI. Trigger with ``{"restart": true}`` to drop the checkpoints and
     start over.
@@ -97,6 +99,7 @@ def reconcile_settings(section: Reconcile) -> ReconcileSettings:
         bucket_rows=section.bucket_rows,
         max_compare_rows=section.max_compare_rows,
         checkpoint_second=section.checkpoint_second,
+        max_checkpoint_age_second=section.max_checkpoint_age_second,
     )
 
 
