@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cupid_airflow.core.compare import DELETED, DIFFERENT, MISSING
-from cupid_airflow.core.reconcile.findings import Finding, source_id
+from cupid_airflow.core.detection import differences as differences_of
+from cupid_airflow.core.reconcile.findings import Differences, Finding, source_id
 from cupid_airflow.core.reconcile.keys import key_digest
 from cupid_airflow.core.reconcile.match import KeyMatcher
 
@@ -93,15 +94,14 @@ class Judge:
             if all(k != key for k, _ in held):
                 tally.key_bytes_only += 1  # equal but for the key's case, spaces or accents
                 if not self.source.composite:  # a twin is type 2 naming the key, as the compare reports it
-                    twin = min(k for k, _ in held)
-                    differences = {self.source.key_name: (key, twin)}
+                    twin: Differences = {self.source.key_name: (key, min(k for k, _ in held))}
                     tally.different += 1
-                    tally.findings.append(Finding(DIFFERENT, key, source_id(ident), differences, held[0][1]))
+                    tally.findings.append(Finding(DIFFERENT, key, source_id(ident), twin, held[0][1]))
             return
         differing.sort(key=lambda r: r[0] != key)
         actual = differing[0][1]
         names = self._source_columns
-        differences = {names[n]: (values[n], actual[n]) for n in range(len(names)) if values[n] != actual[n]}
+        differences: Differences = dict(differences_of(names, values, actual))
         tally.different += 1
         tally.findings.append(Finding(DIFFERENT, key, source_id(ident), differences, actual))
 
