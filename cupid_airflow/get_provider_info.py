@@ -35,4 +35,5 @@ def get_provider_info() -> dict[str, Any]:
                 ],
             }
         ],
+        "plugins": [{"name": "cupid", "plugin-class": "cupid_airflow.plugins.pool_page.CupidPlugin"}],
     }
