@@ -153,7 +153,8 @@ def apply(
         raise PoolQueryError("an action on a filter needs up_to_id from its preview (the confirmation step)")
     acted = claimed = other = 0
     remaining = False
-    for status in statuses:
+    # parked first: requeued items of the other statuses become parked, and must not be met again
+    for status in sorted(statuses, key=lambda s: s != PARKED):
         after = 0
         while not remaining:
             found = _chunk(store, config, selection, (status,), f" AND id > {literal_int(after)}", ordered=True)

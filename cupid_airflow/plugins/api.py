@@ -186,7 +186,9 @@ def create_app() -> FastAPI:
             asked = {"config": found.name, **body.model_dump(exclude={"confirm"}, exclude_none=True)}
             try:
                 outcome = pool_actions.apply(store, found.name, action, selection, undelivered=body.undelivered)
-            except Exception as err:
+            except pool.PoolQueryError:
+                raise  # refused before anything changed
+            except Exception as err:  # part of it may be done: say so in the audit log
                 access.audit(user, f"cupid.{action}", found, {**asked, "failed": type(err).__name__})
                 raise
         access.audit(user, f"cupid.{action}", found, {**asked, **dataclasses.asdict(outcome)})

@@ -255,6 +255,18 @@ def test_requeue_of_a_filter_touches_only_what_its_preview_counted(store: Bounde
     assert statuses(store) == {**dict.fromkeys(ids, "parked"), later[0]: "dead"}
 
 
+def test_requeue_of_dead_and_parked_items_acts_on_each_once(store: BoundedStore) -> None:
+    ids = plant(store, [f"u-{i}" for i in range(1, 5)])
+    set_rows(store, ids[:2], "status = 'dead', live = NULL")
+    set_rows(store, ids[2:], "status = 'parked'")
+    selection = Selection("copy", pool_filter=PoolFilter(("dead", "parked")))
+    preview = pool_actions.preview(store, CONFIG, "requeue", selection)
+
+    outcome = pool_actions.apply(store, CONFIG, "requeue", dataclasses.replace(selection, up_to_id=preview.up_to_id))
+
+    assert (preview.matched, outcome.acted) == (4, 4), "a dead item requeued (now parked) is not requeued again"
+
+
 def test_purge_refuses_undelivered_items_unless_told_and_deletes_their_attempts(store: BoundedStore) -> None:
     ids = plant(store, ["u-1", "u-2", "u-3"])
     set_rows(store, ids[:2], "status = 'delivered', live = NULL")

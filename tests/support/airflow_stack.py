@@ -50,6 +50,7 @@ class AirflowStack:
     users: dict[str, str] = field(default_factory=dict)
     port: int = 0
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. AIRFLOW_CONN_<ID> for the processes
     _tokens: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -119,6 +120,7 @@ min_file_process_interval = 5
         env["AIRFLOW_HOME"] = str(self.home)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         env.pop("CUPID_CONFIG_FOLDER", None)
+        env.update(self.extra_env)
         return env
 
     def run_cli(self, *args: str, timeout: float = 120) -> str:
@@ -196,8 +198,12 @@ min_file_process_interval = 5
         headers: dict[str, str] | None = None,
         raw: bytes | None = None,
         timeout: float = 30,
+        follow_redirects: bool = True,
     ) -> tuple[int, Any]:
-        """``(status, JSON body or text)`` of one request, as ``user`` (a Bearer token) or anonymous."""
+        """``(status, JSON body or text)`` of one request, as ``user`` (a Bearer token) or anonymous.
+
+        A redirect not followed answers ``(status, Location)``.
+        """
         sent = dict(headers or {})
         data = raw
         if body is not None:
@@ -206,10 +212,13 @@ min_file_process_interval = 5
         if user is not None:
             sent["Authorization"] = f"Bearer {self.token(user)}"
         request = urllib.request.Request(self.base_url + path, data=data, method=method, headers=sent)
+        opener = urllib.request.build_opener() if follow_redirects else urllib.request.build_opener(_NoRedirect)
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as answer:
+            with opener.open(request, timeout=timeout) as answer:
                 return answer.status, _decode(answer.read(), answer.headers.get("Content-Type", ""))
         except urllib.error.HTTPError as err:
+            if 300 <= err.code < 400:
+                return err.code, err.headers.get("Location")
             return err.code, _decode(err.read(), err.headers.get("Content-Type", ""))
 
     def wait_for_dag(self, dag_id: str, timeout: float = 120) -> None:
@@ -219,6 +228,11 @@ min_file_process_interval = 5
         status, body = self.request("PATCH", f"/api/v2/dags/{dag_id}", user="admin", body={"is_paused": False})
         if status != 200:
             raise RuntimeError(f"cannot unpause {dag_id}: {status} {body!r}")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 def _decode(data: bytes, content_type: str) -> Any:
