@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from cupid_airflow.core.sql import ConnectionParams
 
 MAX_PAGE = 500  # items of one page, and ids of one selection
+MAX_DESTINATIONS = 200  # destinations of one config the overview shows
 COUNT_CAP = 100_000  # counts stop here: "100,000+"
 RECENT_SECOND = 86_400  # delivered and resolved are counted over the last 24 hours
 ATTEMPTS_SHOWN = 20
@@ -221,8 +223,7 @@ def overview(
     cap: int = COUNT_CAP,
 ) -> ConfigOverview:
     """Every destination of a config that is configured or has items, with its counts and state."""
-    distinct = f"SELECT DISTINCT destination FROM {store.table} WHERE config = %s"
-    in_store = [r[0].decode() for r in store.query(distinct, (config,))]
+    in_store = _destinations_in_store(store, config)
     names = [d.identity for d in configured if d.identity] + sorted(set(in_store) - {d.identity for d in configured})
     counts, oldest = _counts(store, config, names, cap)
     claimed = {
@@ -274,6 +275,19 @@ def overview(
         )  # fmt: skip
     orphaned = {d.destination: d.orphaned for d in result if d.orphaned}
     return ConfigOverview(config, result, cap, RECENT_SECOND, orphaned)
+
+
+def _destinations_in_store(store: BoundedStore, config: str) -> list[str]:
+    """The destinations that have items, one index dive each (``DISTINCT`` would read every item)."""
+    found: list[str] = []
+    while len(found) < MAX_DESTINATIONS:
+        after = " AND destination > %s" if found else ""
+        sql = f"SELECT MIN(destination) FROM {store.table} WHERE config = %s{after}"
+        rows = store.query(sql, (config, *found[-1:]))
+        if rows[0][0] is None:
+            break
+        found.append(rows[0][0].decode())
+    return found
 
 
 _COUNTED = (PENDING, PARKED, DEAD, SUPERSEDED, DELIVERED, RESOLVED)
@@ -416,10 +430,10 @@ class ItemView:
 
 @dataclass(frozen=True)
 class ItemPage:
-    """One page of items, newest first (or oldest first); ``next_cursor`` continues it (None: the end)."""
+    """One page of items, newest queued first (or oldest first); ``next_cursor`` continues it (None: the end)."""
 
     items: list[ItemView]
-    next_cursor: int | None
+    next_cursor: str | None
     newest_first: bool
 
 
@@ -467,33 +481,55 @@ def page(
     destination: str,
     pool_filter: PoolFilter,
     *,
-    cursor: int | None = None,
+    cursor: str | None = None,
     limit: int = 50,
     newest_first: bool = True,
 ) -> ItemPage:
-    """A keyset page of a destination's items matching the filter.
+    """A keyset page of a destination's items matching the filter, by when they were queued.
 
-    One query per status, each an index range of ``(config, destination, status, id)`` read from
-    the cursor on; the pages are merged by id.
+    One query per status, each read in the order of index ``(config, destination, status,
+    queued_at, id)`` from the cursor on (or, with a key prefix, the matches of
+    ``(config, destination, status, row_key)`` sorted, when they are few); the pages are merged.
+    A filter that matches a small part of very many items (a rare type among a million delivered
+    ones, a broad key prefix far down the list) can take longer than the statement limit: the
+    answer is then :class:`PoolUnavailable`, asking for a narrower filter.
     """
     if not 1 <= limit <= MAX_PAGE:
         raise PoolQueryError(f"a page has 1 to {MAX_PAGE} items")
     check_destination(destination)
     extra, extra_args = pool_filter.where()
     if cursor is not None:
-        extra += f" AND id {'<' if newest_first else '>'} {literal_int(cursor)}"
+        queued_at, item_id = _parse_cursor(cursor)
+        before, after = ("<", "<=") if newest_first else (">", ">=")
+        extra += f" AND queued_at {after} %s AND (queued_at {before} %s OR id {before} {literal_int(item_id)})"
+        extra_args = [*extra_args, queued_at, queued_at]
     order = "DESC" if newest_first else "ASC"
+    # by queued_at: that index (its own choice otherwise goes wrong with a cursor); with a key prefix,
+    # the server weighs the prefix's range (few keys) against reading by queued_at (most keys match)
+    index = "USE INDEX (ix_key, ix_age)" if pool_filter.key_prefix else "FORCE INDEX (ix_age)"
     parts = [
-        f"(SELECT {_ITEM_COLUMNS}, TIMESTAMPDIFF(SECOND, queued_at, NOW(6)) FROM {store.table} "
-        f"WHERE config = %s AND destination = %s AND status = %s{extra} ORDER BY id {order} LIMIT {limit + 1})"
+        f"(SELECT {_ITEM_COLUMNS}, TIMESTAMPDIFF(SECOND, queued_at, NOW(6)) FROM {store.table} {index} "
+        f"WHERE config = %s AND destination = %s AND status = %s{extra} "
+        f"ORDER BY queued_at {order}, id {order} LIMIT {limit + 1})"
         for _ in pool_filter.statuses
     ]
     args: list[Any] = []
     for status in pool_filter.statuses:
         args += [config, destination, status, *extra_args]
-    rows = store.query(" UNION ALL ".join(parts) + f" ORDER BY id {order} LIMIT {limit + 1}", args)
+    rows = store.query(" UNION ALL ".join(parts) + f" ORDER BY queued_at {order}, id {order} LIMIT {limit + 1}", args)
     items = [_view(r) for r in rows[:limit]]
-    return ItemPage(items, items[-1].id if len(rows) > limit else None, newest_first)
+    last = items[-1] if len(rows) > limit else None
+    return ItemPage(items, None if last is None else f"{last.queued_at}|{last.id}", newest_first)
+
+
+CURSOR_RE = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d{1,6})?)\|(\d{1,20})$")
+
+
+def _parse_cursor(cursor: str) -> tuple[str, int]:
+    match = CURSOR_RE.match(cursor)
+    if not match:
+        raise PoolQueryError("not a cursor of this list (use next_cursor of the page before)")
+    return match.group(1), int(match.group(2))
 
 
 # -- one item --------------------------------------------------------------------------------------------------

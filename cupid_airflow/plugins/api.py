@@ -151,7 +151,7 @@ def create_app() -> FastAPI:
         key_prefix: Annotated[str, Query(max_length=pool.KEY_PREFIX_CAP)] = "",
         min_age_second: Annotated[int | None, Query(ge=0, le=pool.AGE_CAP_SECOND)] = None,
         max_age_second: Annotated[int | None, Query(ge=0, le=pool.AGE_CAP_SECOND)] = None,
-        cursor: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+        cursor: Annotated[str | None, Query(max_length=64)] = None,
         limit: Annotated[int, Query(ge=1, le=pool.MAX_PAGE)] = 50,
         order: Literal["newest", "oldest"] = "newest",
     ) -> Response:

@@ -137,12 +137,15 @@ def test_a_slow_statement_is_cut_off(params: ConnectionParams) -> None:
 # -- pages ----------------------------------------------------------------------------------------------------
 
 
-def test_keyset_pages_cover_every_matching_item_once_in_both_orders(store: BoundedStore) -> None:
+@pytest.mark.parametrize("key_prefix", ["", "u-"])
+def test_keyset_pages_cover_every_matching_item_once_in_both_orders(store: BoundedStore, key_prefix: str) -> None:
     ids = plant(store, [f"u-{i}" for i in range(1, 24)])
     set_rows(store, ids[::3], "status = 'parked'")
     set_rows(store, ids[1::3], "status = 'dead', live = NULL")
-    wanted = PoolFilter(statuses=("parked", "dead"))
-    expected = sorted(ids[::3] + ids[1::3])
+    set_rows(store, ids[:6], "queued_at = NOW(6) - INTERVAL 1 HOUR")  # ties: the same queued_at
+    wanted = PoolFilter(statuses=("parked", "dead"), key_prefix=key_prefix)
+    chosen = set(ids[::3] + ids[1::3])
+    expected = [i for i in ids[:6] if i in chosen] + [i for i in ids[6:] if i in chosen]  # oldest queued first
     for newest_first in (True, False):
         seen: list[int] = []
         cursor = None
@@ -152,7 +155,9 @@ def test_keyset_pages_cover_every_matching_item_once_in_both_orders(store: Bound
             cursor = page.next_cursor
             if cursor is None:
                 break
-        assert seen == (sorted(expected, reverse=True) if newest_first else expected)
+        assert seen == (expected[::-1] if newest_first else expected)
+    with pytest.raises(PoolQueryError, match="not a cursor"):
+        pool.page(store, CONFIG, "copy", wanted, cursor="1' OR '1'='1")
 
 
 def test_filters_by_type_key_prefix_and_age(store: BoundedStore) -> None:

@@ -196,6 +196,7 @@ BAD_GETS = [
     ("{api}/alpha/destinations/{d}/items?limit=100000000", 422),
     ("{api}/alpha/destinations/{d}/items?limit=0", 422),
     ("{api}/alpha/destinations/{d}/items?cursor=-1", 422),
+    ("{api}/alpha/destinations/{d}/items?cursor=" + "9" * 80, 422),
     ("{api}/alpha/destinations/{d}/items?min_age_second=60&max_age_second=10", 422),
     ("{api}/alpha/destinations/{d}/items?key_prefix=" + "x" * 300, 422),
     ("{api}/alpha/destinations/{d}%27%3B%20DROP%20TABLE%20cupid_delivery%3B--/items", 422),

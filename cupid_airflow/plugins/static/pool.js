@@ -149,15 +149,18 @@ async function loadOverview(config, body) {
       : el("span", {}, d.name);
     return el("tr", { class: d.orphaned ? "orphaned" : "", "data-destination": d.destination },
       el("td", {}, name,
-        d.orphaned ? el("div", { class: "muted" }, `orphaned: not in the config, nothing sends its ${d.orphaned} undelivered item(s)`) : null,
-        d.registered ? null : el("div", { class: "muted" }, "no task has seen it yet")),
-      el("td", {}, el("code", {}, d.callback || "–")),
+        d.orphaned ? el("div", { class: "note", title: "not in the config any more: nothing sends its items" },
+          `orphaned: ${d.orphaned} undelivered`) : null,
+        d.registered ? null : el("div", { class: "note" }, "no task has seen it yet")),
+      el("td", { class: "callback" }, el("code", {}, d.callback || "–")),
       count("pending"), count("parked"), count("dead"), count("delivered"), count("resolved"),
       el("td", { class: "num" }, age(d.oldest_pending_second)),
       el("td", { class: "num" }, age(d.oldest_parked_second)),
       el("td", { class: "num" }, String(d.claimed)),
       el("td", {}, circuit),
-      el("td", { class: "error", title: d.last_send_error || "" }, d.last_error || d.last_send_error || "–"));
+      d.last_error || d.last_send_error
+        ? el("td", { class: "error", title: d.last_send_error || "" }, d.last_error || d.last_send_error)
+        : el("td", { class: "none" }, "–"));
   });
   body.replaceChildren(el("table", {}, el("thead", {}, el("tr", {}, head.map((h, i) => el("th", { class: i >= 2 && i <= 9 ? "num" : "" }, h)))),
     el("tbody", {}, rows)));
@@ -200,8 +203,8 @@ function filterForm(params, filter) {
     el("label", {}, "older than ", ageInput("min_age", filter.min_age_second)),
     el("label", {}, "newer than ", ageInput("max_age", filter.max_age_second)),
     el("label", {}, "order ", el("select", { name: "order" },
-      el("option", { value: "newest", selected: params.get("order") !== "oldest" }, "newest first"),
-      el("option", { value: "oldest", selected: params.get("order") === "oldest" }, "oldest first"))),
+      el("option", { value: "newest", selected: params.get("order") !== "oldest" }, "newest queued first"),
+      el("option", { value: "oldest", selected: params.get("order") === "oldest" }, "oldest queued first"))),
     el("button", { type: "submit", class: "primary" }, "Apply"));
   form.addEventListener("submit", (event) => {
     event.preventDefault();
