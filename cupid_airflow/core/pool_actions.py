@@ -122,19 +122,23 @@ def preview(
         return ActionPreview(action, len(hits), held, len(set(selection.ids)) - len(hits), False, None)
     assert selection.pool_filter is not None
     extra, extra_args = selection.pool_filter.where()
+    where = f"FROM {store.table} WHERE config = %s AND destination = %s AND status = %s"
     parts, args = [], []
-    for status in statuses:
-        parts.append(
-            f"SELECT COUNT(*), SUM(claimed_until IS NOT NULL AND claimed_until >= NOW(6)), MAX(id) FROM "
-            f"(SELECT id, claimed_until FROM {store.table} WHERE config = %s AND destination = %s AND status = %s"
-            f"{extra} LIMIT {ACTION_CAP + 1}) x"
-        )
-        args += [config, selection.destination, status, *extra_args]
+    for status in statuses:  # capped counts through the index; the newest id; claims through theirs
+        parts.append(f"SELECT 'matched', COUNT(*) FROM (SELECT 1 {where}{extra} LIMIT {ACTION_CAP + 1}) x")
+        parts.append(f"SELECT 'newest', MAX(id) {where}")
+        args += [config, selection.destination, status, *extra_args, config, selection.destination, status]
+    parts.append(
+        f"SELECT 'claimed', COUNT(*) FROM {store.table} FORCE INDEX (ix_claim) WHERE claim_token IS NOT NULL "
+        f"AND claimed_until >= NOW(6) AND config = %s AND destination = %s "
+        f"AND status IN ({', '.join(['%s'] * len(statuses))}){extra}"
+    )
+    args += [config, selection.destination, *statuses, *extra_args]
     counted = store.query(" UNION ALL ".join(parts), args)
-    matched = sum(int(r[0]) for r in counted)
-    claimed = sum(int(r[1] or 0) for r in counted)
-    newest = max((int(r[2]) for r in counted if r[2] is not None), default=None)
-    return ActionPreview(action, min(matched, ACTION_CAP), claimed, 0, matched > ACTION_CAP, newest)
+    matched = sum(int(r[1]) for r in counted if r[0] == b"matched")
+    claimed = sum(int(r[1]) for r in counted if r[0] == b"claimed")
+    newest = max((int(r[1]) for r in counted if r[0] == b"newest" and r[1] is not None), default=None)
+    return ActionPreview(action, min(matched, ACTION_CAP), min(claimed, matched), 0, matched > ACTION_CAP, newest)
 
 
 def apply(

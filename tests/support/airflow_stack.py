@@ -81,7 +81,6 @@ plugins_folder = {home / "plugins"}
 load_examples = False
 executor = LocalExecutor
 parallelism = 8
-lazy_discover_providers = False
 auth_manager = tests.support.airflow_stack.ScopedAuthManager
 simple_auth_manager_users = {",".join(f"{u}:{r}" for u, r in roles.items())}
 simple_auth_manager_passwords_file = {home / "passwords.json"}
@@ -134,9 +133,12 @@ min_file_process_interval = 5
     def start(self, components: tuple[str, ...] = ("api-server", "scheduler", "dag-processor")) -> AirflowStack:
         for component in components:
             log = open(self.home / f"{component}.log", "wb")  # noqa: SIM115 - closed with the process
-            args = [_airflow(), component] + (["--port", str(self.port)] if component == "api-server" else [])
+            args, env = [_airflow(), component], self.env()
+            if component == "api-server":  # providers' plugins (the cupid page) load only so, as in docker-compose
+                args += ["--port", str(self.port)]
+                env["AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS"] = "False"
             self.processes.append(
-                subprocess.Popen(args, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             )
         self.wait_for(lambda: self._healthy(), 180, "the api-server to answer")
         return self
