@@ -16,10 +16,11 @@ if TYPE_CHECKING:
 
     from cupid_airflow.core.config import CupidConfig
     from cupid_airflow.core.destinations import DestinationRegistry
-    from cupid_airflow.core.sql import ConnectionParams
+    from cupid_airflow.core.sql import ConnectionParams, LazyConnection
 
 PARAMS_TTL_SECOND = 60.0  # an Airflow connection edited in the UI is picked up within a minute
 IDLE_PER_DATABASE = 4
+STALE_SECOND = 30.0  # an idle connection older than this is checked before it is used again
 
 
 class Catalog:
@@ -85,7 +86,7 @@ class StateConnections:
 
     def __init__(self) -> None:
         self._params: dict[tuple[str | None, ...], tuple[float, ConnectionParams]] = {}
-        self._idle: dict[ConnectionParams, list[tuple[BoundedStore, DestinationRegistry]]] = {}
+        self._idle: dict[ConnectionParams, list[tuple[tuple[BoundedStore, DestinationRegistry], float]]] = {}
         self._lock = threading.Lock()
 
     def params(self, config: CupidConfig) -> ConnectionParams:
@@ -112,9 +113,14 @@ class StateConnections:
         params = self.params(config)
         with self._lock:
             idle = self._idle.setdefault(params, [])
-            pair = idle.pop() if idle else None
-        if pair is None:
+            found = idle.pop() if idle else None
+        if found is None:
             pair = (BoundedStore(params), DestinationRegistry(params))
+        else:
+            pair, since = found
+            if time.monotonic() - since > STALE_SECOND:
+                for connection in pair:
+                    _drop_if_gone(connection)
         try:
             yield pair
         finally:  # a connection that failed has already dropped itself and reconnects when used again
@@ -122,6 +128,17 @@ class StateConnections:
                 idle = self._idle.setdefault(params, [])
                 keep = len(idle) < IDLE_PER_DATABASE
                 if keep:
-                    idle.append(pair)
+                    idle.append((pair, time.monotonic()))
             if not keep:
                 close_quietly(*pair)
+
+
+def _drop_if_gone(connection: LazyConnection) -> None:
+    """After a while idle, the server may have closed a connection (``wait_timeout``): reconnect on next use."""
+    conn = getattr(connection, "_conn", None)
+    if conn is None:
+        return
+    try:
+        conn.ping()
+    except Exception:
+        connection.close()
