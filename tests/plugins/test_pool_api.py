@@ -127,7 +127,7 @@ def test_an_editor_previews_then_requeues_and_purges_and_each_change_is_in_the_a
 ) -> None:
     destination, ids = plant(state_params, "alpha", ["dead", "dead", "parked", "delivered", "delivered"])
     store = DeliveryStore(state_params)
-    store._execute(f"UPDATE cupid_delivery SET claimed_until = NOW(6) + INTERVAL 5 MINUTE WHERE id = {ids[2]}")
+    assert [i.id for i in store.claim("alpha", destination, ("parked",), limit=5, lease_second=300).items] == [ids[2]]
     store.close()
     before = snapshot(state_params, destination)
     chosen = {"status": ["dead", "parked"]}
