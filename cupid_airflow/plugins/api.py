@@ -52,7 +52,7 @@ ItemId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 class FilterBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    status: list[str] = Field(default=DEFAULT_STATUSES, min_length=1, max_length=len(STATUSES))
+    status: list[str] = Field(default_factory=lambda: list(DEFAULT_STATUSES), min_length=1, max_length=len(STATUSES))
     type: int | None = Field(default=None, ge=1, le=3)
     key_prefix: str = Field(default="", max_length=pool.KEY_PREFIX_CAP)
     min_age_second: int | None = Field(default=None, ge=0, le=pool.AGE_CAP_SECOND)
