@@ -697,13 +697,6 @@ class DeliveryStore(LazyConnection):
         ).fetchall()
         return [_stored_item(r) for r in rows]
 
-    def item(self, config: str, item_id: int) -> StoredItem | None:
-        """One item of a config, in any status; None when the config has no such item."""
-        row = self._execute(
-            f"SELECT {_ITEM_COLUMNS} FROM {self.table} WHERE id = {literal_int(item_id)} AND config = %s", (config,)
-        ).fetchone()
-        return None if row is None else _stored_item(row)
-
     def attempts_of(self, item_id: int, limit: int = 50) -> list[dict[str, Any]]:
         """The newest attempts of one item: when, the body sent, its key, the answer."""
         rows = self._execute(
