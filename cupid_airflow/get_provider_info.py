@@ -62,4 +62,5 @@ def get_provider_info() -> dict[str, Any]:
                 },
             }
         },
+        "plugins": [{"name": "cupid", "plugin-class": "cupid_airflow.plugins.pool_page.CupidPlugin"}],
     }

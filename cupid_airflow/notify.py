@@ -12,7 +12,7 @@ from airflow.sdk import BaseNotifier
 
 from cupid_airflow.core.alerts import WebhookError
 from cupid_airflow.core.config import load_config
-from cupid_airflow.core.redact import mask_text
+from cupid_airflow.core.redact import redact
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -54,7 +54,7 @@ def send_alert(
     for spec in notify.notifiers:
         calls.append((f"notifier {spec.class_path}", spec.timeout_second, _notifier_call(spec, alert_context)))
     secrets = config.secrets()
-    errors = [mask_text(error, secrets) for error in [*errors, *run_bounded(calls)]]
+    errors = [redact(error, secrets) for error in [*errors, *run_bounded(calls)]]
     for error in errors:
         log.warning("alert %s not sent: %s", event, error)
     return errors
@@ -140,7 +140,7 @@ class TaskFailureAlert(BaseNotifier):
         try:
             config = load_config(self.config_path)
             ti = context.get("ti") or context.get("task_instance")
-            exception = mask_text(str(context.get("exception")), config.secrets())
+            exception = redact(str(context.get("exception")), config.secrets())
             where = f"{getattr(ti, 'dag_id', '?')}.{getattr(ti, 'task_id', '?')}"
             send_alert(
                 config,

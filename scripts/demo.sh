@@ -126,6 +126,7 @@ export AIRFLOW__CORE__UNIT_TEST_MODE="False"
 export AIRFLOW__CORE__EXECUTOR="LocalExecutor"
 export AIRFLOW__CORE__PARALLELISM="8"   # LocalExecutor starts this many workers; the demo needs few
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False"
+export AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS="False"   # Airflow loads providers' plugins (the cupid page) only so
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$DEMO_HOME/airflow.db"
 export AIRFLOW__LOGGING__BASE_LOG_FOLDER="$DEMO_HOME/logs"
 export AIRFLOW__API__HOST="127.0.0.1"   # this machine only: every demo login is an admin
@@ -210,6 +211,7 @@ cat <<EOF
  cupid-airflow demo is running (Airflow up after ${waited} s)
 
  Airflow UI   http://localhost:$UI_PORT     login: admin / ${password:-"(see $DEMO_HOME/simple_auth_manager_passwords.json.generated)"}
+ cupid page   http://localhost:$UI_PORT/plugin/cupid   the delivery store and failure pool of each config
  DAGs         $SYNC_DAG          compares cupid_demo.user with cupid_demo_copy.user every 5 s
               $POOL_DAG  retries parked callbacks every 30 s
  Planted      $("$PYTHON" -c "import json,sys; print(len(json.load(open(sys.argv[1]))['planted']))" "$PLANTED") mismatches (.demo/planted.json): their callbacks appear below within a minute

@@ -24,7 +24,8 @@ apt_install() {
 ensure_debian_packages() {
     local missing=()
     local package
-    for package in libmariadb-dev pkg-config; do
+    # chromium and its driver: the cupid page's real-browser test (Playwright drives /usr/bin/chromium)
+    for package in libmariadb-dev pkg-config chromium chromium-driver; do
         dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
     done
     # mysqlclient compiles from source: it needs a C compiler and the Python headers too.

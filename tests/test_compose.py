@@ -289,3 +289,11 @@ def describe(cursor: Any, database: str, table: str) -> dict[str, tuple[str, str
         (database, table),
     )
     return {row[0]: (row[1], row[2], row[3]) for row in cursor.fetchall()}
+
+
+def test_the_api_server_loads_the_providers_plugin_and_only_it_pays_for_eager_discovery(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    assert environment(services["airflow-apiserver"])["AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS"] == "false"
+    for name in ("airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"):
+        assert "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS" not in environment(services[name]), name

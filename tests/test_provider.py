@@ -75,3 +75,19 @@ def test_airflow_sees_the_config_section_notifiers_and_cli_group() -> None:
     group = _airflow("cupid", "--help")
     assert group.returncode == 0, group.stderr
     assert "pool" in group.stdout and "config" in group.stdout
+
+
+def test_the_provider_registers_the_cupid_page_as_its_plugin_and_it_imports_lightly() -> None:
+    (plugin,) = get_provider_info()["plugins"]
+    assert plugin["name"] == "cupid"
+    code = (
+        "import importlib, sys; from airflow.plugins_manager import AirflowPlugin; "
+        f"module, _, name = {plugin['plugin-class']!r}.rpartition('.'); "
+        "cls = getattr(importlib.import_module(module), name); "
+        "assert issubclass(cls, AirflowPlugin) and cls.name == 'cupid', cls; "
+        "assert cls.external_views[0]['url_route'] == 'cupid' and cls.fastapi_apps[0]['url_prefix'] == '/cupid'; "
+        "print(sorted(m for m in sys.modules if m.startswith(('cupid_airflow.plugins.api', 'fastapi'))))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]", "the page's app is built on its first request, not on import"

@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cupid_airflow.core.redact import mask_text
+from cupid_airflow.core.redact import redact
 
 if TYPE_CHECKING:
     import argparse
@@ -237,7 +237,7 @@ def failures(config: CupidConfig) -> Iterator[None]:
     except Exception as err:
         where = config.state_connection.describe()
         message = f"{config.name}: state database ({where}): {_reason(err)}"
-        raise CommandError(mask_text(message, config.secrets())) from None
+        raise CommandError(redact(message, config.secrets())) from None
 
 
 def show(rows: list[dict[str, Any]], output: str) -> None:

@@ -13,7 +13,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from cupid_airflow.core.redact import is_secret_name, mask_text, url_secrets
+from cupid_airflow.core.redact import is_secret_name, redact, url_secrets
 
 WEBHOOK_FORMATS = ("json", "text", "slack", "wecom", "dingtalk", "feishu")
 ANSWER_CAP = 64 * 1024
@@ -125,7 +125,7 @@ def send_webhook(
         return None
     # a platform may repeat the URL or headers it was called with in its error message
     secrets = [*url_secrets(url), *(v for k, v in (headers or {}).items() if is_secret_name(k))]
-    return mask_text(outcome[0], secrets)
+    return redact(outcome[0], secrets)
 
 
 def _post(url: str, body: bytes, timeout_second: float, fmt: str, headers: dict[str, str]) -> str | None:

@@ -563,7 +563,7 @@ class CupidConfig(_Model):
 
     def secrets(self) -> list[str]:
         """Every secret written in this config: DSN passwords, callback URL queries and tokens, secret
-        headers, webhook URLs and secret notifier arguments (for the log masker and :func:`mask_text`)."""
+        headers, webhook URLs and secret notifier arguments (for the log masker and :func:`redact`)."""
         found: list[str] = []
         for connection in (self.src, *self.des, *([self.state] if self.state else [])):
             if connection.password:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from cupid_airflow.core.payload import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, signature_header_value
-from cupid_airflow.core.redact import is_secret_name, mask_text, url_secrets, url_shape
+from cupid_airflow.core.redact import is_secret_name, redact, url_secrets, url_shape
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -286,7 +286,7 @@ async def post(session: aiohttp.ClientSession, target: CallbackTarget, item: Del
         item.item_id,
         ok=error is None,
         http_status=status,
-        error=mask_text(error, target.secrets)[:ERROR_MAX_CHARS] if error else None,
+        error=redact(error, target.secrets)[:ERROR_MAX_CHARS] if error else None,
         elapsed_second=time.monotonic() - started,
         retry_after_second=retry_after,
     )
@@ -385,4 +385,4 @@ def _transport_error(exc: BaseException) -> str:
         return f"invalid HTTP answer: {_one_line(exc.message)}"
     if isinstance(exc, aiohttp.InvalidURL):
         return f"invalid callback url: {url_shape(str(exc.url))}"
-    return f"{type(exc).__name__}: {mask_text(_one_line(str(exc)))}"
+    return f"{type(exc).__name__}: {redact(_one_line(str(exc)))}"

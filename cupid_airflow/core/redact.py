@@ -1,9 +1,13 @@
-"""Keep secrets out of text: URLs reduced to their shape, known secret values masked."""
+"""Keep secrets out of text: URLs reduced to their shape, known secret values and secret-looking pairs masked.
+
+What any log line, error, XCom value, store column, alert or page may show of a URL, an error or an
+answer goes through :func:`redact` (or :func:`url_shape` for a URL alone).
+"""
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 if TYPE_CHECKING:
@@ -15,6 +19,15 @@ MASK = "***"
 _WORD_SEGMENT = re.compile(r"^(?:[A-Za-z][a-z_.-]{0,19}|[A-Z]{1,8}|v\d{1,2})$")
 _URL_IN_TEXT = re.compile(r"""\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'"<>]+""")
 _SHORTEST_SECRET = 4  # masking shorter values would mangle ordinary words
+# user:password@tcp(host:port) of Go DSNs, and user:password@ left in any other text
+_USERINFO = re.compile(r"(?<![\w/])([\w.%-]{1,64}):[^\s@/]{1,256}@(?=[\w.\[(-])")
+_HEADER = re.compile(r"(?i)\b((?:proxy-)?authorization|cookie|set-cookie|x-api-key|x-auth-token)(\s*:\s*)[^\r\n,;]+")
+_BEARER = re.compile(r"(?i)\b(bearer|basic|token|digest)(\s+)[A-Za-z0-9._~+/=-]{6,}")
+_SECRET_WORDS = (
+    r"password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|secret[_-]?key|private[_-]?key|"
+    r"signature|sig|auth|credentials?|session[_-]?id|client[_-]?secret"
+)
+_PAIR = re.compile(rf"(?i)(?<![\w-])([\w-]*(?:{_SECRET_WORDS}))(\s*[=:]\s*|\"\s*:\s*\")([^\s&,;\"'}}]+)")
 _TOKEN_SEGMENT = 8  # path segments this long that are not words are taken for tokens
 
 
@@ -66,12 +79,35 @@ def url_secrets(url: str) -> list[str]:
     return _with_encodings([*found, url]) if found else []
 
 
-def mask_text(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """``text`` with every URL reduced to :func:`url_shape` and every given secret replaced by ``***``."""
+def path_shape(path: str) -> str:
+    """An endpoint (a URL's path) with every segment that is not a plain word replaced by ``***``; no query."""
+    path, query, _ = path.partition("?")
+    shape = "/".join(s if not s or _WORD_SEGMENT.match(s) else MASK for s in path.split("#")[0].split("/"))
+    return shape + ("?" + MASK if query else "")
+
+
+@overload
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str: ...
+
+
+@overload
+def redact(text: None, secrets: Iterable[str | None] = ()) -> None: ...
+
+
+def redact(text: str | None, secrets: Iterable[str | None] = ()) -> str | None:
+    """``text`` with every given secret replaced by ``***``, every URL reduced to :func:`url_shape`, and
+    whatever looks like a credential masked: ``user:password@``, Authorization and cookie headers,
+    bearer tokens, ``password=``/``"api_key": ...`` pairs. None stays None."""
+    if text is None:
+        return None
     for secret in sorted(_with_encodings(s for s in secrets if s), key=len, reverse=True):
         if len(secret) >= _SHORTEST_SECRET:
             text = text.replace(secret, MASK)
-    return _URL_IN_TEXT.sub(_shape_match, text)
+    text = _URL_IN_TEXT.sub(_shape_match, text)
+    text = _USERINFO.sub(lambda m: f"{m.group(1)}:{MASK}@", text)
+    text = _HEADER.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
+    text = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
+    return _PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
 
 
 def _shape_match(match: re.Match[str]) -> str:

@@ -85,7 +85,10 @@ CREATE TABLE IF NOT EXISTS {table} (
   delivered_at     DATETIME(6)     NULL,
   UNIQUE KEY uq_live (config, destination, key_hash, live),
   KEY ix_queue (config, destination, status, id),
-  KEY ix_claim (claim_token)
+  KEY ix_claim (claim_token),
+  KEY ix_age (config, destination, status, queued_at),
+  KEY ix_ended (config, destination, status, updated_at),
+  KEY ix_key (config, destination, status, row_key(64))
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
 """
 
@@ -266,12 +269,16 @@ class DeliveryStore(LazyConnection):
 
     # -- schema ---------------------------------------------------------------------------------
     def ensure_schema(self) -> None:
-        """Create the tables when they do not exist yet; migrate a 0.1 store in place."""
+        """Create the tables when they do not exist yet; migrate a 0.1 store in place; add the columns
+        and indexes a table made by an earlier version lacks."""
         columns = self._columns()
         if columns and "live" in columns and not _missing_columns(SCHEMA, columns):
             if not self._has_table(self.attempt_table):
                 self._execute(ATTEMPT_SCHEMA.format(table=self.attempt_table))
-            return
+            if not self._missing_indexes(self.table, SCHEMA) and not self._missing_indexes(
+                self.attempt_table, ATTEMPT_SCHEMA
+            ):
+                return
         self._execute("SELECT GET_LOCK(%s, 60)", (f"cupid_schema_{self.params.database}",))
         try:
             columns = self._columns()
@@ -290,8 +297,19 @@ class DeliveryStore(LazyConnection):
                 for definition in _missing_columns(SCHEMA, columns):  # added since the table was made
                     self._execute(f"ALTER TABLE {self.table} ADD COLUMN {definition}")
             self._execute(ATTEMPT_SCHEMA.format(table=self.attempt_table))
+            for table, schema in ((self.table, SCHEMA), (self.attempt_table, ATTEMPT_SCHEMA)):
+                missing = self._missing_indexes(table, schema)
+                if missing:  # one ALTER: the table is read once for all of them, writes go on meanwhile
+                    log.warning("adding index(es) %s to %s", ", ".join(missing), table)
+                    self._execute(f"ALTER TABLE {table} " + ", ".join(f"ADD {missing[name]}" for name in missing))
         finally:
             self._execute("SELECT RELEASE_LOCK(%s)", (f"cupid_schema_{self.params.database}",))
+
+    def _missing_indexes(self, table: str, schema: str) -> dict[str, str]:
+        """Definitions of the schema's indexes (by name) that a table lacks."""
+        rows = self._execute(f"SHOW INDEX FROM {table}").fetchall()
+        present = {row[2].decode().lower() for row in rows}
+        return {name: d for name, d in _indexes(schema).items() if name not in present}
 
     def _columns(self) -> set[str]:
         if not self._has_table(self.table):
@@ -728,6 +746,19 @@ def _missing_columns(schema: str, columns: set[str]) -> list[str]:
     return [
         d for d in definitions if not d.startswith(("UNIQUE", "KEY", "PRIMARY")) and d.split()[0].lower() not in columns
     ]
+
+
+def _indexes(schema: str) -> dict[str, str]:
+    """The schema's secondary index definitions by name (``KEY name (...)``, ``UNIQUE KEY name (...)``)."""
+    definitions = [line.strip().rstrip(",") for line in schema.splitlines() if line.startswith("  ")]
+    indexes = {}
+    for d in definitions:
+        words = d.split()
+        if words[0] == "KEY":
+            indexes[words[1].lower()] = d
+        elif words[:2] == ["UNIQUE", "KEY"]:
+            indexes[words[2].lower()] = d
+    return indexes
 
 
 def _marks(values: Sequence[Any]) -> str:
