@@ -18,20 +18,19 @@ from typing import TYPE_CHECKING, Any
 
 from cupid_airflow.core.redact import path_shape, redact, url_shape
 from cupid_airflow.core.sql import describe_error, is_identifier, literal_int
-from cupid_airflow.core.store import (
-    _ITEM_COLUMNS,
+from cupid_airflow.core.store import STORE_TABLE, DeliveryStore
+from cupid_airflow.core.store_rows import (
     DEAD,
     DELIVERED,
+    ITEM_COLUMNS,
     PARKED,
     PENDING,
     RESOLVED,
     STATUSES,
-    STORE_TABLE,
     SUPERSEDED,
     UNDELIVERED,
-    DeliveryStore,
     StoredItem,
-    _stored_item,
+    stored_item,
 )
 
 if TYPE_CHECKING:
@@ -445,8 +444,8 @@ def key_text(key: bytes) -> str:
 
 
 def _view(row: tuple[Any, ...], error_cap: int | None = ERROR_SHOWN) -> ItemView:
-    """An item of a row of ``_ITEM_COLUMNS`` followed by its age."""
-    item: StoredItem = _stored_item(row)
+    """An item of a row of ``ITEM_COLUMNS`` followed by its age."""
+    item: StoredItem = stored_item(row)
     error = redact(item.last_error)
     if error is not None and error_cap is not None and len(error) > error_cap:
         error = error[:error_cap] + "..."
@@ -508,7 +507,7 @@ def page(
     # the server weighs the prefix's range (few keys) against reading by queued_at (most keys match)
     index = "USE INDEX (ix_key, ix_age)" if pool_filter.key_prefix else "FORCE INDEX (ix_age)"
     parts = [
-        f"(SELECT {_ITEM_COLUMNS}, TIMESTAMPDIFF(SECOND, queued_at, NOW(6)) FROM {store.table} {index} "
+        f"(SELECT {ITEM_COLUMNS}, TIMESTAMPDIFF(SECOND, queued_at, NOW(6)) FROM {store.table} {index} "
         f"WHERE config = %s AND destination = %s AND status = %s{extra} "
         f"ORDER BY queued_at {order}, id {order} LIMIT {limit + 1})"
         for _ in pool_filter.statuses
@@ -549,13 +548,13 @@ def item_detail(store: BoundedStore, config: str, item_id: int) -> ItemDetail:
     if not 1 <= item_id < 2**64:
         raise PoolNotFound(f"no item {item_id} in config {config!r}")
     rows = store.query(
-        f"SELECT {_ITEM_COLUMNS}, TIMESTAMPDIFF(SECOND, queued_at, NOW(6)) FROM {store.table} "
+        f"SELECT {ITEM_COLUMNS}, TIMESTAMPDIFF(SECOND, queued_at, NOW(6)) FROM {store.table} "
         f"WHERE id = {literal_int(item_id)} AND config = %s",
         (config,),
     )
     if not rows:
         raise PoolNotFound(f"no item {item_id} in config {config!r}")
-    stored = _stored_item(rows[0])
+    stored = stored_item(rows[0])
     try:
         attempts = store.attempts_of(item_id, limit=ATTEMPTS_SHOWN)
     except Exception as err:

@@ -19,7 +19,7 @@ from cupid_airflow.core.pool import (
     unavailable,
 )
 from cupid_airflow.core.sql import literal_int
-from cupid_airflow.core.store import DEAD, DELIVERED, PARKED, RESOLVED, STATUSES, SUPERSEDED
+from cupid_airflow.core.store_rows import DEAD, DELIVERED, PARKED, RESOLVED, STATUSES, SUPERSEDED
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -12,243 +12,51 @@ from the rows as they are when it sends. Each POST started is an attempt, record
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cupid_airflow.core.detection import Detection, differences_json, key_hash
 from cupid_airflow.core.sql import ConnectionParams, LazyConnection, literal_int, quote_table
+from cupid_airflow.core.store_rows import (
+    BODY_CAP,
+    DEAD,
+    DELIVERED,
+    ERROR_CAP,
+    ITEM_COLUMNS,
+    LIVE,
+    LIVE_STATUSES,
+    PARKED,
+    PENDING,
+    RESOLVED,
+    STATUSES,
+    UNDELIVERED,
+    Attempt,
+    Claim,
+    ClaimedItem,
+    RecordOutcome,
+    StoredItem,
+    split_columns,
+    stored_form,
+    stored_item,
+)
+from cupid_airflow.core.store_schema import ensure_schema
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
+
+    from cupid_airflow.core.detection import Detection
 
 log = logging.getLogger(__name__)
 
 STORE_TABLE = "cupid_delivery"
 ATTEMPT_SUFFIX = "_attempt"
 
-PENDING = "pending"
-PARKED = "parked"
-DELIVERED = "delivered"
-RESOLVED = "resolved"
-DEAD = "dead"
-SUPERSEDED = "superseded"  # only items of a 0.1 store that a newer live item of their key replaced
-STATUSES = (PENDING, PARKED, DELIVERED, RESOLVED, DEAD, SUPERSEDED)
-LIVE_STATUSES = (PENDING, PARKED)
-UNDELIVERED = (PENDING, PARKED, DEAD)
-
-LIVE = 1  # the item is pending or parked
-POISONED = 2  # dead when recorded (the store cannot hold it as it is); one per key, like a live item
-
-KEY_CAP = 65535  # bytes of a key the store keeps; a longer key is recorded dead, cut, with its hash
-DIFFERENCES_CAP = 16384  # bytes of the detection's differences (JSON) kept; longer ones are dropped
-BODY_CAP = 65536  # bytes of a sent body kept on its attempt; the rest is cut (attempt.body_cut)
-ERROR_CAP = 1024
-
 RETRYABLE_ERRORS = frozenset({1205, 1213})  # lock wait timeout, deadlock: the transaction is retried
 UNREACHABLE_ERRORS = frozenset({2002, 2003, 2005, 2006, 2013})  # the server, not a row, is the problem
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS {table} (
-  id               BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY,
-  config           VARCHAR(128)    NOT NULL,
-  destination      VARCHAR(128)    NOT NULL,
-  key_hash         BINARY(32)      NOT NULL,
-  row_key          MEDIUMBLOB      NOT NULL,
-  key_columns      VARCHAR(512)    NULL,
-  live             TINYINT         NULL DEFAULT 1,
-  type             TINYINT         NOT NULL,
-  origin           VARCHAR(16)     NOT NULL DEFAULT 'sync',
-  source_id        DECIMAL(20,0)   NULL,
-  differences      MEDIUMBLOB      NULL,
-  note             VARCHAR(1024)   NULL,
-  status           VARCHAR(16)     NOT NULL DEFAULT 'pending',
-  revision         INT UNSIGNED    NOT NULL DEFAULT 0,
-  claim_revision   INT UNSIGNED    NULL,
-  claim_token      BINARY(16)      NULL,
-  claimed_until    DATETIME(6)     NULL,
-  claimant         VARCHAR(255)    NULL,
-  not_before       DATETIME(6)     NULL,
-  attempts         INT             NOT NULL DEFAULT 0,
-  idempotency_key  CHAR(64)        NULL,
-  version          CHAR(40)        NULL,
-  sent_type        TINYINT         NULL,
-  last_http_status INT             NULL,
-  last_error       VARCHAR(1024)   NULL,
-  detected_at      DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-  last_detected_at DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-  queued_at        DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-  updated_at       DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-  delivered_at     DATETIME(6)     NULL,
-  UNIQUE KEY uq_live (config, destination, key_hash, live),
-  KEY ix_queue (config, destination, status, id),
-  KEY ix_claim (claim_token),
-  KEY ix_age (config, destination, status, queued_at),
-  KEY ix_ended (config, destination, status, updated_at),
-  KEY ix_key (config, destination, status, row_key(64))
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
-"""
-
-ATTEMPT_SCHEMA = """
-CREATE TABLE IF NOT EXISTS {table} (
-  id               BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY,
-  item_id          BIGINT UNSIGNED NOT NULL,
-  flush            BINARY(16)      NOT NULL,
-  ok               TINYINT         NOT NULL,
-  type             TINYINT         NOT NULL,
-  idempotency_key  CHAR(64)        NOT NULL,
-  version          CHAR(40)        NOT NULL,
-  http_status      INT             NULL,
-  error            VARCHAR(1024)   NULL,
-  not_before       DATETIME(6)     NULL,
-  body             MEDIUMBLOB      NOT NULL,
-  body_cut         TINYINT         NOT NULL DEFAULT 0,
-  elapsed_ms       INT             NOT NULL,
-  sent_at          DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-  KEY ix_item (item_id, id),
-  KEY ix_flush (flush)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
-"""
-
-# A 0.1 store (one item per row version, bodies recorded at detection) becomes this one in place.
-MIGRATION_0_1 = (
-    "ALTER TABLE {table} DROP INDEX uq_idempotency, DROP INDEX ix_queue, DROP COLUMN body,"
-    " MODIFY row_key MEDIUMBLOB NOT NULL, MODIFY source_id DECIMAL(20,0) NULL,"
-    " MODIFY version CHAR(40) NULL, MODIFY idempotency_key CHAR(64) NULL,"
-    " MODIFY last_error VARCHAR(1024) NULL,"
-    " ADD COLUMN key_hash BINARY(32) NULL AFTER destination,"
-    " ADD COLUMN key_columns VARCHAR(512) NULL AFTER row_key,"
-    " ADD COLUMN live TINYINT NULL DEFAULT 1 AFTER key_columns,"
-    " ADD COLUMN origin VARCHAR(16) NOT NULL DEFAULT 'sync' AFTER type,"
-    " ADD COLUMN differences MEDIUMBLOB NULL AFTER source_id,"
-    " ADD COLUMN note VARCHAR(1024) NULL AFTER differences,"
-    " ADD COLUMN revision INT UNSIGNED NOT NULL DEFAULT 0 AFTER status,"
-    " ADD COLUMN claim_revision INT UNSIGNED NULL AFTER revision,"
-    " ADD COLUMN claim_token BINARY(16) NULL AFTER claim_revision,"
-    " ADD COLUMN claimed_until DATETIME(6) NULL AFTER claim_token,"
-    " ADD COLUMN claimant VARCHAR(255) NULL AFTER claimed_until,"
-    " ADD COLUMN not_before DATETIME(6) NULL AFTER claimed_until,"
-    " ADD COLUMN sent_type TINYINT NULL AFTER version,"
-    " ADD COLUMN last_detected_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) AFTER detected_at",
-    "UPDATE {table} SET key_hash = UNHEX(SHA2(row_key, 256)), last_detected_at = detected_at,"
-    " live = IF(status IN ('pending', 'parked'), 1, NULL), version = NULL, idempotency_key = NULL",
-    "UPDATE {table} t JOIN (SELECT config, destination, key_hash, MAX(id) AS keep FROM {table} WHERE live = 1"
-    " GROUP BY config, destination, key_hash HAVING COUNT(*) > 1) k"
-    " ON t.config = k.config AND t.destination = k.destination AND t.key_hash = k.key_hash"
-    " SET t.status = 'superseded', t.live = NULL WHERE t.live = 1 AND t.id < k.keep",
-    "ALTER TABLE {table} MODIFY key_hash BINARY(32) NOT NULL,"
-    " ADD UNIQUE KEY uq_live (config, destination, key_hash, live),"
-    " ADD KEY ix_queue (config, destination, status, id), ADD KEY ix_claim (claim_token)",
-)
-
-
-@dataclass(frozen=True)
-class RecordOutcome:
-    """What one :meth:`DeliveryStore.record` did.
-
-    :param new: items created.
-    :param superseded: live items a newer detection of their key updated in place.
-    :param reduced: detections stored without their differences (too big, or refused as they were).
-    :param dead: detections the store could not hold (e.g. a key over 64 KiB), stored dead with the reason.
-    """
-
-    new: int = 0
-    superseded: int = 0
-    reduced: int = 0
-    dead: int = 0
-
-    def __add__(self, other: RecordOutcome) -> RecordOutcome:
-        return RecordOutcome(
-            self.new + other.new,
-            self.superseded + other.superseded,
-            self.reduced + other.reduced,
-            self.dead + other.dead,
-        )
-
-
-@dataclass(frozen=True)
-class ClaimedItem:
-    """A live item under this dispatcher's claim."""
-
-    id: int
-    destination: str
-    row_key: bytes
-    key_columns: tuple[str, ...]
-    type: int
-    source_id: int | None
-    status: str
-    attempts: int
-    detected_at: str
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A batch of items claimed with one token until a lease runs out.
-
-    :param valid_until: ``time.monotonic()`` before which the lease surely holds (measured from
-        before the claim was asked for, less a margin); no POST may start that could outlive it.
-    """
-
-    token: bytes
-    items: list[ClaimedItem]
-    valid_until: float
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One POST that was started, and how it ended."""
-
-    item_id: int
-    ok: bool
-    type: int
-    idempotency_key: str
-    version: str
-    body: bytes
-    http_status: int | None
-    error: str | None
-    elapsed_second: float
-    retry_after_second: float | None = None
-
-
-@dataclass(frozen=True)
-class StoredItem:
-    """An item as the failure-pool command and page show it."""
-
-    id: int
-    config: str
-    destination: str
-    row_key: bytes
-    key_columns: tuple[str, ...]
-    type: int
-    origin: str
-    source_id: int | None
-    status: str
-    revision: int
-    attempts: int
-    claimed: bool
-    idempotency_key: str | None
-    last_http_status: int | None
-    last_error: str | None
-    note: str | None
-    differences: dict[str, Any] | None
-    detected_at: str
-    queued_at: str
-    updated_at: str
-    delivered_at: str | None
-
-
 class StoreError(RuntimeError):
     """The delivery store cannot be used."""
-
-
-_ITEM_COLUMNS = (
-    "id, config, destination, row_key, key_columns, type, origin, source_id, status, revision, attempts,"
-    " claimed_until IS NOT NULL AND claimed_until >= NOW(6), idempotency_key, last_http_status, last_error, note,"
-    " differences, detected_at, queued_at, updated_at, delivered_at"
-)
 
 
 class DeliveryStore(LazyConnection):
@@ -267,58 +75,9 @@ class DeliveryStore(LazyConnection):
         self.table = quote_table(table)
         self.attempt_table = quote_table(table + ATTEMPT_SUFFIX)
 
-    # -- schema ---------------------------------------------------------------------------------
     def ensure_schema(self) -> None:
-        """Create the tables when they do not exist yet; migrate a 0.1 store in place; add the columns
-        and indexes a table made by an earlier version lacks."""
-        columns = self._columns()
-        if columns and "live" in columns and not _missing_columns(SCHEMA, columns):
-            if not self._has_table(self.attempt_table):
-                self._execute(ATTEMPT_SCHEMA.format(table=self.attempt_table))
-            if not self._missing_indexes(self.table, SCHEMA) and not self._missing_indexes(
-                self.attempt_table, ATTEMPT_SCHEMA
-            ):
-                return
-        self._execute("SELECT GET_LOCK(%s, 60)", (f"cupid_schema_{self.params.database}",))
-        try:
-            columns = self._columns()
-            if not columns:
-                self._execute(SCHEMA.format(table=self.table))
-            elif "live" not in columns:
-                log.warning("migrating the delivery store %s from cupid-airflow 0.1", self.table)
-                if "queued_at" not in columns:
-                    self._execute(
-                        f"ALTER TABLE {self.table} ADD COLUMN queued_at DATETIME(6) NOT NULL "
-                        "DEFAULT CURRENT_TIMESTAMP(6) AFTER detected_at"
-                    )
-                for statement in MIGRATION_0_1:
-                    self._execute(statement.format(table=self.table))
-            else:
-                for definition in _missing_columns(SCHEMA, columns):  # added since the table was made
-                    self._execute(f"ALTER TABLE {self.table} ADD COLUMN {definition}")
-            self._execute(ATTEMPT_SCHEMA.format(table=self.attempt_table))
-            for table, schema in ((self.table, SCHEMA), (self.attempt_table, ATTEMPT_SCHEMA)):
-                missing = self._missing_indexes(table, schema)
-                if missing:  # one ALTER: the table is read once for all of them, writes go on meanwhile
-                    log.warning("adding index(es) %s to %s", ", ".join(missing), table)
-                    self._execute(f"ALTER TABLE {table} " + ", ".join(f"ADD {missing[name]}" for name in missing))
-        finally:
-            self._execute("SELECT RELEASE_LOCK(%s)", (f"cupid_schema_{self.params.database}",))
-
-    def _missing_indexes(self, table: str, schema: str) -> dict[str, str]:
-        """Definitions of the schema's indexes (by name) that a table lacks."""
-        rows = self._execute(f"SHOW INDEX FROM {table}").fetchall()
-        present = {row[2].decode().lower() for row in rows}
-        return {name: d for name, d in _indexes(schema).items() if name not in present}
-
-    def _columns(self) -> set[str]:
-        if not self._has_table(self.table):
-            return set()
-        return {row[0].decode().lower() for row in self._execute(f"SHOW COLUMNS FROM {self.table}").fetchall()}
-
-    def _has_table(self, table: str) -> bool:
-        name = table.split(".")[-1].strip("`")
-        return bool(self._execute("SHOW TABLES LIKE %s", (name.replace("_", "\\_"),)).fetchall())
+        """Create the tables when they do not exist yet; bring a table of an earlier version up to date."""
+        ensure_schema(self)
 
     # -- recording (the compare side) ---------------------------------------------------------
     def record(self, detections: Sequence[Detection], chunk: int = 500) -> RecordOutcome:
@@ -330,7 +89,7 @@ class DeliveryStore(LazyConnection):
         """
         if not detections:
             return RecordOutcome()
-        rows = [_stored_form(d) for d in detections]
+        rows = [stored_form(d) for d in detections]
         try:
             new, superseded = self._transaction(lambda: self._insert([r for r, _ in rows], chunk))
             reduced = sum(1 for _, kind in rows if kind == "reduced")
@@ -354,7 +113,7 @@ class DeliveryStore(LazyConnection):
                     raise
                 reason = f"refused by the store: {type(err).__name__}: {err}"
                 log.error("detection of key %r at %s: %s", detection.key[:64], detection.destination, reason)
-                row, kind = _stored_form(detection, poison=reason)
+                row, kind = stored_form(detection, poison=reason)
                 added, replaced = self._insert_one(row)
             new += added if kind != "dead" else 0
             superseded += replaced
@@ -435,7 +194,7 @@ class DeliveryStore(LazyConnection):
                 id=int(r[0]),
                 destination=r[1].decode(),
                 row_key=r[2],
-                key_columns=_split_columns(r[3]),
+                key_columns=split_columns(r[3]),
                 type=int(r[4]),
                 source_id=None if r[5] is None else int(r[5]),
                 status=r[6].decode(),
@@ -691,11 +450,11 @@ class DeliveryStore(LazyConnection):
             where.append("destination = %s")
             args.append(destination)
         rows = self._execute(
-            f"SELECT {_ITEM_COLUMNS} FROM {self.table} WHERE {' AND '.join(where)} "
+            f"SELECT {ITEM_COLUMNS} FROM {self.table} WHERE {' AND '.join(where)} "
             f"ORDER BY id LIMIT {literal_int(limit)}",
             args,
         ).fetchall()
-        return [_stored_item(r) for r in rows]
+        return [stored_item(r) for r in rows]
 
     def attempts_of(self, item_id: int, limit: int = 50) -> list[dict[str, Any]]:
         """The newest attempts of one item: when, the body sent, its key, the answer."""
@@ -740,27 +499,6 @@ class DeliveryStore(LazyConnection):
         raise AssertionError("unreachable")
 
 
-def _missing_columns(schema: str, columns: set[str]) -> list[str]:
-    """Definitions of the schema's columns that a table lacks."""
-    definitions = [line.strip().rstrip(",") for line in schema.splitlines() if line.startswith("  ")]
-    return [
-        d for d in definitions if not d.startswith(("UNIQUE", "KEY", "PRIMARY")) and d.split()[0].lower() not in columns
-    ]
-
-
-def _indexes(schema: str) -> dict[str, str]:
-    """The schema's secondary index definitions by name (``KEY name (...)``, ``UNIQUE KEY name (...)``)."""
-    definitions = [line.strip().rstrip(",") for line in schema.splitlines() if line.startswith("  ")]
-    indexes = {}
-    for d in definitions:
-        words = d.split()
-        if words[0] == "KEY":
-            indexes[words[1].lower()] = d
-        elif words[:2] == ["UNIQUE", "KEY"]:
-            indexes[words[2].lower()] = d
-    return indexes
-
-
 def _marks(values: Sequence[Any]) -> str:
     if not values:
         raise ValueError("at least one status is needed")
@@ -770,77 +508,3 @@ def _marks(values: Sequence[Any]) -> str:
 def _code(err: BaseException) -> int | None:
     args = getattr(err, "args", ())
     return args[0] if args and isinstance(args[0], int) else None
-
-
-def _split_columns(value: bytes | None) -> tuple[str, ...]:
-    return tuple(value.decode().split(",")) if value else ()
-
-
-def _stored_form(detection: Detection, poison: str | None = None) -> tuple[tuple[Any, ...], str]:
-    """The row to insert for a detection, and whether it is ``full``, ``reduced`` or ``dead``."""
-    key = detection.key
-    differences: bytes | None = None
-    notes: list[str] = []
-    kind = "full"
-    if poison is None and len(key) > KEY_CAP:
-        poison = f"key of {len(key)} bytes is longer than {KEY_CAP} bytes: kept cut, with the whole key's hash"
-    if poison is None:
-        document = differences_json(detection.differences)
-        if document is not None:
-            differences = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-            if len(differences) > DIFFERENCES_CAP:
-                notes.append(f"differences of {len(differences)} bytes not kept (over {DIFFERENCES_CAP})")
-                differences, kind = None, "reduced"
-    else:
-        notes.append(poison)
-        kind = "dead"
-    source_id = detection.source_id
-    if source_id is not None and not -(10**20) < source_id < 10**20:
-        notes.append(f"source id {source_id} not kept (over 20 digits)")
-        source_id = None
-        kind = "reduced" if kind == "full" else kind
-    dead = kind == "dead"
-    row = (
-        detection.config,
-        detection.destination,
-        key_hash(key, detection.key_columns),
-        key[:KEY_CAP],
-        ",".join(detection.key_columns) or None,
-        detection.type,
-        detection.origin,
-        source_id,
-        differences,
-        "; ".join(notes)[:ERROR_CAP] or None,
-        DEAD if dead else PENDING,
-        POISONED if dead else LIVE,
-    )
-    return row, kind
-
-
-def _stored_item(r: tuple[Any, ...]) -> StoredItem:
-    def text(value: bytes | None) -> str | None:
-        return None if value is None else value.decode("utf-8", "replace")
-
-    return StoredItem(
-        id=int(r[0]),
-        config=r[1].decode(),
-        destination=r[2].decode(),
-        row_key=r[3],
-        key_columns=_split_columns(r[4]),
-        type=int(r[5]),
-        origin=r[6].decode(),
-        source_id=None if r[7] is None else int(r[7]),
-        status=r[8].decode(),
-        revision=int(r[9]),
-        attempts=int(r[10]),
-        claimed=bool(int(r[11] or 0)),
-        idempotency_key=text(r[12]),
-        last_http_status=None if r[13] is None else int(r[13]),
-        last_error=text(r[14]),
-        note=text(r[15]),
-        differences=None if r[16] is None else json.loads(r[16]),
-        detected_at=r[17].decode(),
-        queued_at=r[18].decode(),
-        updated_at=r[19].decode(),
-        delivered_at=text(r[20]),
-    )

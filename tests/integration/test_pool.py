@@ -12,7 +12,8 @@ from cupid_airflow.core.destinations import DestinationRegistry
 from cupid_airflow.core.detection import Detection
 from cupid_airflow.core.pool import BoundedStore, ConfiguredDestination, PoolFilter, PoolNotFound, PoolQueryError
 from cupid_airflow.core.pool_actions import Selection
-from cupid_airflow.core.store import ATTEMPT_SCHEMA, SCHEMA, Attempt, DeliveryStore
+from cupid_airflow.core.store import Attempt, DeliveryStore
+from cupid_airflow.core.store_schema import ATTEMPT_SCHEMA, SCHEMA
 from tests.support.outbox import params_of
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ def test_the_overview_counts_each_destination_and_caps_big_counts(
     assert copy.capped == ["parked"], "3 parked, counted up to the cap of 2"
     assert copy.oldest_parked_second is not None and copy.oldest_parked_second >= 7200
     assert copy.circuit_opened and copy.circuit_open_second > 0 and copy.circuit_failures == 5
-    assert copy.last_error == "redirect 302 to https://h.example/hook/*?***"
+    assert copy.last_error == "redirect 302 to https://h.example/hook/***?***"
     assert copy.last_send_error == "HTTP 401: Authorization: ***"
     assert gone.orphaned == 2 and found.orphaned == {"gone": 2}
     assert copy.callback == COPY.callback
@@ -217,7 +218,7 @@ def test_an_item_shows_its_attempts_bodies_and_keys_without_secrets(store: Bound
     assert detail.item.idempotency_key == "k" * 64 and detail.item.attempts == 1
     (attempt,) = detail.attempts
     assert attempt["body"] == '{"srcColumn": {"number": "u-1"}}' and attempt["idempotencyKey"] == "k" * 64
-    assert attempt["error"] == "HTTP 500: password=*** at http://cb.example/x/*?***"
+    assert attempt["error"] == "HTTP 500: password=*** at http://cb.example/x/***?***"
     assert detail.item.last_error == attempt["error"]
     with pytest.raises(PoolNotFound):
         pool.item_detail(store, "other", item_id)

@@ -315,7 +315,7 @@ def test_secrets_never_reach_the_page(pool_stack: AirflowStack, state_params: Co
     text = "\n".join(answers)
     for secret in ("T0KEN5ECRET", "q5ecret", "s3cr3tt0k3nvalue", "pa55word", "s1gnature", "Zq9"):
         assert secret not in text, secret
-    assert "https://hooks.example.com/callback/*?***" in text, "the callback shows as its shape"
+    assert "https://hooks.example.com/callback/***?***" in text, "the callback shows as its shape"
     assert '{"number": "k-0"}' in text, "the body sent is the user's data, shown as sent"
     assert CALLBACK_URL not in text
 
