@@ -74,18 +74,131 @@ def _planted_keys(params: ConnectionParams, rows: int) -> set[tuple[int, str]]:
     return keys
 
 
+def _config_text(args: argparse.Namespace, port: int) -> str:
+    return json.dumps(
+        {
+            "workerNumber": args.worker_number,
+            "failureJobRetrySecond": 2,
+            "src": {
+                "dsn": f"root:@tcp(127.0.0.1:3306)/{SOURCE_DB}",
+                "table": "user",
+                "byColumn": "number",
+                "insert": True,
+                "insertIntervalMillisecond": 2000,
+                "maxRowsPerRun": args.max_rows_per_run,
+            },
+            "des": [
+                {
+                    "dsn": f"root:@tcp(127.0.0.1:3306)/{DESTINATION_DB}",
+                    "table": "user",
+                    "columns": {"number": "number", "name": "name", "avatar": "avatar"},
+                    "byColumn": "number",
+                    "callbackNotification": {"url": f"http://127.0.0.1:{port}/callback"},
+                }
+            ],
+        }
+    )
+
+
+def _clean_store() -> None:
+    from cupid_airflow.core.store import STATUSES, DeliveryStore
+
+    store = DeliveryStore(ConnectionParams(database=SOURCE_DB))
+    try:
+        store.ensure_schema()
+        store.purge(CONFIG, STATUSES)
+    finally:
+        store.close()
+
+
+def _celery(args: argparse.Namespace, planted: set[tuple[int, str]]) -> int:
+    """The same config on a CeleryExecutor cluster (scripts/cluster.sh, two workers), from unpause to the last POST."""
+    import secrets
+
+    from cupid_airflow.core.store import DeliveryStore
+
+    work = Path(tempfile.mkdtemp(prefix="cupid-bench-celery-"))
+    configs = work / "configs"
+    configs.mkdir()
+    port_queue: Any = multiprocessing.get_context("spawn").Queue()
+    receiver = multiprocessing.get_context("spawn").Process(target=_receiver, args=(port_queue,), daemon=True)
+    receiver.start()
+    port = port_queue.get(timeout=30)
+    (configs / f"{CONFIG}.json").write_text(_config_text(args, port))
+    _clean_store()
+    token = secrets.token_hex(3)
+    env = {
+        **os.environ,
+        "CUPID_CLUSTER_DIR": str(work / "cluster"),
+        "CUPID_CLUSTER_PG_DB": f"cupid_bench_e2e_{token}",
+        "CUPID_CLUSTER_QUEUE": f"cupid_bench_{token}",
+        "CUPID_CONFIG_FOLDER": str(configs),
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+    }
+    script = Path(__file__).resolve().parent.parent / "scripts" / "cluster.sh"
+
+    def cluster(*arguments: str, timeout: float = 600) -> str:
+        result = subprocess.run(
+            ["bash", str(script), *arguments], env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"cluster.sh {' '.join(arguments)}: {result.stdout}\n{result.stderr}")
+        return result.stdout
+
+    dag_id = f"cupid_{CONFIG}_sync"
+    try:
+        cluster("start")
+        deadline = time.monotonic() + 300
+        while dag_id not in cluster("airflow", "dags", "list", "-o", "plain"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{dag_id} never appeared on the cluster")
+            time.sleep(2)
+        started = time.monotonic()
+        cluster("airflow", "dags", "unpause", dag_id)
+        received: set[tuple[int, str]] = set()
+        stats: dict[str, Any] = {"posts": 0}
+        while time.monotonic() - started < 900:
+            time.sleep(1)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats") as answer:
+                stats = json.loads(answer.read())
+            received = {(int(t), str(k)) for t, k in stats["received"]}
+            store = DeliveryStore(ConnectionParams(database=SOURCE_DB))
+            pending = store.pending(CONFIG)
+            store.close()
+            if received >= planted and pending == 0:
+                break
+        elapsed = time.monotonic() - started
+        runs = cluster("airflow", "dags", "list-runs", dag_id, "-o", "plain").count("success")
+    finally:
+        receiver.terminate()
+        subprocess.run(["bash", str(script), "destroy"], env=env, capture_output=True, timeout=300, check=False)
+        shutil.rmtree(work, ignore_errors=True)
+    exact = received == planted and stats["posts"] == len(planted)
+    print(
+        f"end to end on the CeleryExecutor cluster (2 workers): {elapsed:.1f} s from unpause, {runs} successful "
+        f"run(s); {stats['posts']:,} POSTs for {len(planted):,} planted mismatches; every planted mismatch "
+        f"delivered exactly once: {'YES' if exact else 'NO'}"
+    )
+    figures = {"mode": "celery", "rows": args.rows, "seconds": elapsed, "posts": stats["posts"], "exact": exact}
+    print(json.dumps(figures))
+    return 0 if exact else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--worker-number", type=int, default=3, help="delivery concurrency (workerNumber)")
     parser.add_argument("--max-runs", type=int, default=30)
     parser.add_argument("--max-rows-per-run", type=int, default=500000)
+    parser.add_argument("--mode", choices=("dag-test", "celery"), default="dag-test")
     args = parser.parse_args()
     params = ConnectionParams()
 
     built = build(params, args.rows)
     print(f"tables: {args.rows:,} rows ({f'built in {built:.1f} s' if built else 'reused'})")
     planted = _planted_keys(params, args.rows)
+    if args.mode == "celery":
+        return _celery(args, planted)
 
     home = Path(tempfile.mkdtemp(prefix="cupid-bench-airflow-"))
     (home / "dags").mkdir()
@@ -109,39 +222,10 @@ def main() -> int:
     # a clean start: no stored items of this config
     from cupid_airflow.core.store import DeliveryStore
 
-    store = DeliveryStore(ConnectionParams(database=SOURCE_DB))
-    try:
-        store.ensure_schema()
-        store.purge(CONFIG, ("pending", "parked", "delivered", "resolved", "dead"))
-    finally:
-        store.close()
+    _clean_store()
 
     config_path = home / "dags" / f"{CONFIG}.json"
-    config_path.write_text(
-        json.dumps(
-            {
-                "workerNumber": args.worker_number,
-                "failureJobRetrySecond": 2,
-                "src": {
-                    "dsn": f"root:@tcp(127.0.0.1:3306)/{SOURCE_DB}",
-                    "table": "user",
-                    "byColumn": "number",
-                    "insert": True,
-                    "insertIntervalMillisecond": 2000,
-                    "maxRowsPerRun": args.max_rows_per_run,
-                },
-                "des": [
-                    {
-                        "dsn": f"root:@tcp(127.0.0.1:3306)/{DESTINATION_DB}",
-                        "table": "user",
-                        "columns": {"number": "number", "name": "name", "avatar": "avatar"},
-                        "byColumn": "number",
-                        "callbackNotification": {"url": f"http://127.0.0.1:{port}/callback"},
-                    }
-                ],
-            }
-        )
-    )
+    config_path.write_text(_config_text(args, port))
 
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.collection import update_dag_parsing_results_in_db
