@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from cupid_airflow.core.delivery import CallbackTarget, Delivery, DeliveryResult, open_session, post
 from cupid_airflow.core.destinations import DestinationRegistry
 from cupid_airflow.core.judge import DEAD, RESOLVED, SEND, Judge, JudgeSpec, Verdict
-from cupid_airflow.core.store import PENDING, Attempt, Claim, DeliveryStore
+from cupid_airflow.core.store import PENDING, Attempt, Claim, ClaimedItem, DeliveryStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -41,7 +41,7 @@ T = TypeVar("T")
 
 FLUSH_SECOND = 0.05  # results wait at most this long before they are recorded
 FLUSH_RESULTS = 200
-GROUP_SECOND = 0.5  # items are judged in groups of about this much sending time, just before they go
+GROUP_SECOND = 0.25  # items are judged in groups of about this much sending time; the next one while this one goes
 GROUP_MAX = 500
 CIRCUIT_OPEN = "circuit open"
 
@@ -163,6 +163,10 @@ class _RouteRun:
         self.registry = DestinationRegistry(state)
         self.judge = Judge(route.judge)
         self.thread = ThreadPoolExecutor(1, thread_name_prefix=f"cupid-db-{route.destination}")
+        # results are written on a thread and connections of their own, while the next group is judged and sent
+        self.results_store = DeliveryStore(state)
+        self.results_registry = DestinationRegistry(state)
+        self.results_thread = ThreadPoolExecutor(1, thread_name_prefix=f"cupid-results-{route.destination}")
         self.consecutive_failures = 0
         self.after_id = 0
         self.retry_at: dict[int, float] = {}  # items answered 429: when their Retry-After has passed
@@ -175,6 +179,10 @@ class _RouteRun:
         """Run database work on this route's own thread (its connections live there)."""
         return await asyncio.get_running_loop().run_in_executor(self.thread, lambda: work(*args, **kwargs))
 
+    async def results_db(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run the writing of results on their own thread (``results_store``, ``results_registry``)."""
+        return await asyncio.get_running_loop().run_in_executor(self.results_thread, lambda: work(*args, **kwargs))
+
     async def run(self) -> None:
         name = self.route.destination
         try:
@@ -185,12 +193,18 @@ class _RouteRun:
             log.error("destination %s: dispatch stopped: %s", name, self.outcome.error)
         finally:
             await self.db(self._close)
+            await self.results_db(self._close_results)
             self.thread.shutdown(wait=False)
+            self.results_thread.shutdown(wait=False)
 
     def _close(self) -> None:
         self.judge.close()
         self.store.close()
         self.registry.close()
+
+    def _close_results(self) -> None:
+        self.results_store.close()
+        self.results_registry.close()
 
     async def _batches(self, session: aiohttp.ClientSession) -> None:
         config, name, settings = self.config, self.route.destination, self.settings
@@ -256,24 +270,50 @@ class _RouteRun:
         )
 
     async def _batch(self, session: aiohttp.ClientSession, claim: Claim) -> None:
-        """Work through one claimed batch in small groups: each is judged just before it is sent."""
+        """Work through one claimed batch in small groups, each judged just before it is sent: the next
+        group is judged while this one is sent, and answers are recorded as they come, meanwhile."""
         keeper = _LeaseKeeper(self, claim)
         renewing = asyncio.create_task(keeper.run())
+        writer = _Writer(self, keeper)
+        writing = asyncio.create_task(writer.run())
+        items = list(claim.items)
+        ahead: asyncio.Task[list[Verdict]] | None = None
         try:
-            items = list(claim.items)
-            while items and self.allowed(keeper.claim) is None:
-                size = self.group_size()
-                group, items = items[:size], items[size:]
-                await self.wait_for_slots(len(group))
-                verdicts = await self.db(self.judge.judge, group)
+            ahead = self._judge_next(items)
+            while ahead is not None:
+                verdicts = await ahead
+                ahead = self._judge_next(items) if self.allowed(keeper.claim) is None else None
                 await self._settle(keeper.claim, verdicts)
                 sends = [v for v in verdicts if v.action == SEND]
                 if sends:
-                    await _Sending(self, session, keeper, sends).run()
+                    await _Sending(self, session, keeper, writer, sends).run()
+                if writer.failure is not None:
+                    break
             self.outcome.not_sent += len(items)
         finally:
+            if ahead is not None:
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
+            writer.close()
+            await writing  # every answer is recorded before the batch's claim is released
             renewing.cancel()
             await asyncio.gather(renewing, return_exceptions=True)
+        if writer.failure is not None:
+            raise writer.failure
+
+    def _judge_next(self, items: list[ClaimedItem]) -> asyncio.Task[list[Verdict]] | None:
+        """Start judging the next group (taken off ``items``); None when nothing is left or may be sent."""
+        if not items or self.stop_sending is not None:
+            return None
+        size = self.group_size()
+        group = items[:size]
+        del items[:size]
+
+        async def judged() -> list[Verdict]:
+            await self.wait_for_slots(len(group))
+            return await self.db(self.judge.judge, group)
+
+        return asyncio.create_task(judged())
 
     async def _settle(self, claim: Claim, verdicts: list[Verdict]) -> None:
         ended: dict[str, dict[int, str]] = {RESOLVED: {}, DEAD: {}}
@@ -358,35 +398,31 @@ class _LeaseKeeper:
 
 
 class _Sending:
-    """The POSTs of one judged group: workers, and a writer recording results as they come."""
+    """The POSTs of one judged group, ``workerNumber`` at a time; each answer goes to the batch's writer."""
 
     def __init__(
-        self, run: _RouteRun, session: aiohttp.ClientSession, keeper: _LeaseKeeper, sends: list[Verdict]
+        self,
+        run: _RouteRun,
+        session: aiohttp.ClientSession,
+        keeper: _LeaseKeeper,
+        writer: _Writer,
+        sends: list[Verdict],
     ) -> None:
         self.run_ = run
         self.session = session
         self.keeper = keeper
+        self.writer = writer
         self.queue = list(reversed(sends))
-        self.answered: list[tuple[Verdict, DeliveryResult]] = []
-        self.wake = asyncio.Event()
-        self.done = False
-        self.failure: BaseException | None = None
 
     async def run(self) -> None:
         run = self.run_
-        writer = asyncio.create_task(self._writer())
         workers = [asyncio.create_task(self._worker()) for _ in range(min(run.target.concurrency, len(self.queue)))]
         try:
             await asyncio.gather(*workers)
         finally:
             for worker in workers:
                 worker.cancel()
-            self.done = True
-            self.wake.set()
-            await writer  # the results are recorded before the claim can be released
         run.outcome.not_sent += len(self.queue)
-        if self.failure is not None:
-            raise self.failure
 
     async def _worker(self) -> None:
         run = self.run_
@@ -407,11 +443,31 @@ class _Sending:
             )
             run.count(result)
             run.outcome.sent += 1
-            self.answered.append((verdict, result))
-            if len(self.answered) >= FLUSH_RESULTS:
-                self.wake.set()
+            self.writer.add(verdict, result)
 
-    async def _writer(self) -> None:
+
+class _Writer:
+    """Records a batch's answers as they come (every ``FLUSH_SECOND``, or ``FLUSH_RESULTS`` answers), on the
+    route's results thread; a failure to record stops all sending of the route."""
+
+    def __init__(self, run: _RouteRun, keeper: _LeaseKeeper) -> None:
+        self.run_ = run
+        self.keeper = keeper
+        self.answered: list[tuple[Verdict, DeliveryResult]] = []
+        self.wake = asyncio.Event()
+        self.done = False
+        self.failure: BaseException | None = None
+
+    def add(self, verdict: Verdict, result: DeliveryResult) -> None:
+        self.answered.append((verdict, result))
+        if len(self.answered) >= FLUSH_RESULTS:
+            self.wake.set()
+
+    def close(self) -> None:
+        self.done = True
+        self.wake.set()
+
+    async def run(self) -> None:
         run = self.run_
         while True:
             if not self.done:
@@ -446,7 +502,7 @@ class _Sending:
             )
             for v, r in batch
         ]
-        run.outcome.delivered += await run.db(run.store.record_attempts, self.keeper.claim, attempts)
+        run.outcome.delivered += await run.results_db(run.results_store.record_attempts, self.keeper.claim, attempts)
         for verdict, result in batch:
             item_id = verdict.item.id
             if result.ok:
@@ -471,8 +527,8 @@ class _Sending:
                     break
                 after += 1
             last_error = next((r.error for r in reversed(counted) if not r.ok), None)
-            await run.db(
-                run.registry.count_sends,
+            await run.results_db(
+                run.results_registry.count_sends,
                 run.config,
                 run.route.destination,
                 succeeded=succeeded,
@@ -483,7 +539,7 @@ class _Sending:
             )
         held = max((r.retry_after_second or 0.0 for r in results), default=0.0)
         if held:
-            await run.db(run.registry.hold_off, run.config, run.route.destination, held)
+            await run.results_db(run.results_registry.hold_off, run.config, run.route.destination, held)
 
 
 @dataclass

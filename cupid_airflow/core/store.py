@@ -236,19 +236,29 @@ class DeliveryStore(LazyConnection):
         """
         if status not in (RESOLVED, DEAD):
             raise ValueError(f"settle ends items as resolved or dead, not {status!r}")
-        ended = 0
         by_reason: dict[str, list[int]] = {}
         for item_id, reason in reasons.items():
             by_reason.setdefault(reason[:ERROR_CAP], []).append(item_id)
-        for reason, ids in by_reason.items():
-            cursor = self._execute(
-                f"UPDATE {self.table} SET status = %s, live = NULL, last_error = %s, claim_token = NULL, "
-                "claimed_until = NULL, updated_at = NOW(6) WHERE claim_token = %s AND revision = claim_revision "
-                f"AND id IN ({', '.join(literal_int(i) for i in ids)})",
-                (status, reason, claim.token),
+
+        def end() -> int:
+            ended = 0
+            for reason, ids in by_reason.items():
+                cursor = self._execute(
+                    f"UPDATE {self.table} SET status = %s, live = NULL, last_error = %s, claim_token = NULL, "
+                    "claimed_until = NULL, updated_at = NOW(6) WHERE claim_token = %s AND revision = claim_revision "
+                    f"AND id IN ({', '.join(literal_int(i) for i in ids)})",
+                    (status, reason, claim.token),
+                )
+                ended += int(cursor.rowcount)
+            id_list = ", ".join(literal_int(i) for i in reasons)
+            self._execute(  # the others (detected again meanwhile) go back for the next claim
+                f"UPDATE {self.table} SET claim_token = NULL, claimed_until = NULL WHERE claim_token = %s "
+                f"AND id IN ({id_list})",
+                (claim.token,),
             )
-            ended += int(cursor.rowcount)
-        self.release(claim, reasons)
+            return ended
+
+        ended: int = self._transaction(end)
         return ended
 
     def record_attempts(self, claim: Claim, attempts: Sequence[Attempt]) -> int:
@@ -275,7 +285,7 @@ class DeliveryStore(LazyConnection):
                     a.version,
                     a.http_status,
                     None if a.error is None else a.error[:ERROR_CAP],
-                    None if a.retry_after_second is None else int(a.retry_after_second * 1_000_000),
+                    None if a.retry_after_second is None else int(a.retry_after_second * 1000),
                     body,
                     int(len(body) < len(a.body)),
                     int(a.elapsed_second * 1000),
@@ -285,15 +295,17 @@ class DeliveryStore(LazyConnection):
         answer = (
             "d.attempts = d.attempts + 1, d.idempotency_key = a.idempotency_key, d.version = a.version, "
             "d.sent_type = a.type, d.last_http_status = a.http_status, d.last_error = a.error, "
-            "d.not_before = a.not_before, d.claim_token = NULL, d.claimed_until = NULL, d.updated_at = NOW(6)"
+            "d.not_before = IF(a.retry_after_ms IS NULL, NULL, NOW(6) + INTERVAL a.retry_after_ms * 1000 MICROSECOND), "
+            "d.claim_token = NULL, d.claimed_until = NULL, d.updated_at = NOW(6)"
         )
 
         def write() -> int:
             cursor = self.conn.cursor()
+            # only plain placeholders in VALUES: mysqlclient then sends one multi-row INSERT, not one per row
             cursor.executemany(
                 f"INSERT INTO {self.attempt_table} (item_id, flush, ok, type, idempotency_key, version, "
-                "http_status, error, not_before, body, body_cut, elapsed_ms) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, "
-                "NOW(6) + INTERVAL %s MICROSECOND, %s, %s, %s)",
+                "http_status, error, retry_after_ms, body, body_cut, elapsed_ms) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 rows,
             )
             cursor.execute(

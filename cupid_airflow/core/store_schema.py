@@ -62,13 +62,13 @@ CREATE TABLE IF NOT EXISTS {table} (
   version          CHAR(40)        NOT NULL,
   http_status      INT             NULL,
   error            VARCHAR(1024)   NULL,
-  not_before       DATETIME(6)     NULL,
+  retry_after_ms   INT             NULL,
   body             MEDIUMBLOB      NOT NULL,
   body_cut         TINYINT         NOT NULL DEFAULT 0,
   elapsed_ms       INT             NOT NULL,
   sent_at          DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
   KEY ix_item (item_id, id),
-  KEY ix_flush (flush)
+  KEY ix_flush_item (flush, item_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
 """
 

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 def load_config_or_fail(path: str) -> CupidConfig:
     """Load a config and mask its secrets in this task's logs; a broken config fails the task at once (a
     retry would fail the same way)."""
-    from airflow.exceptions import AirflowFailException
+    from airflow.sdk.exceptions import AirflowFailException
 
     from cupid_airflow.connections import register_secrets
     from cupid_airflow.core.config import CupidConfigError, load_config

@@ -268,10 +268,7 @@ def test_a_mapping_written_in_another_case_than_the_table_is_judged_as_the_compa
     summary = sync(params, MemoryCursorStore(), store, columns=mapping)
     assert summary["destinations"]["des0"]["mismatches"] == {"missing": 0, "different": 1}
     receiver = receivers()
-    spec_route = route(params, "des0", receiver.url)
-    spec_route.judge.spec.columns.clear()
-    spec_route.judge.spec.columns.update(mapping)
-    outcome = dispatch(params, CONFIG, [spec_route])["des0"]
+    outcome = dispatch(params, CONFIG, [route(params, "des0", receiver.url, columns=mapping)])["des0"]
     assert (outcome.resolved, outcome.delivered) == (0, 1), "a real difference is never marked resolved"
     [hit] = receiver.hits
     assert json.loads(hit.body)["differences"] == {"avatar": {"source": "a1.png", "destination": "stale.png"}}

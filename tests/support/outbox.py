@@ -90,10 +90,11 @@ def route(
     *,
     table: str = "user_copy",
     config: str = "cfg",
+    columns: dict[str, str] | None = None,
     **target: Any,
 ) -> Route:
     """A route to ``url`` for items of ``user`` copied into ``table``, judged against both tables."""
-    spec = DestinationSpec(destination, table, "number", COLUMNS)
+    spec = DestinationSpec(destination, table, "number", dict(columns or COLUMNS))
     return Route(
         destination,
         CallbackTarget(url=url, **target),
