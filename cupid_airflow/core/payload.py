@@ -168,8 +168,8 @@ def build_body(
     body["detectedAt"] = detected_at
     unkeyed = _dumps(body)
     key = idempotency_key(config, destination, row_key, item_id, hashlib.sha256(unkeyed).digest())
-    body["idempotencyKey"] = key
-    return CallbackBody(_dumps(body), key)
+    # the key goes last: what json.dumps of the body with it would give, without serializing twice
+    return CallbackBody(unkeyed[:-1] + b',"idempotencyKey":"' + key.encode("ascii") + b'"}', key)
 
 
 def _dumps(document: dict[str, Any]) -> bytes:

@@ -187,7 +187,9 @@ def test_the_key_names_the_body_and_the_item() -> None:
         destination_table="user_copy", key_column="id", row_key=b"7", differences=None, detected_at="t",
     )
     assert first == again
-    assert json.loads(first.body)["idempotencyKey"] == first.idempotency_key
+    document = json.loads(first.body)
+    assert document["idempotencyKey"] == first.idempotency_key
+    assert first.body == json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
     assert len({first.idempotency_key, newer.idempotency_key, redetected.idempotency_key}) == 3
 
 
