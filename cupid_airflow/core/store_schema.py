@@ -107,18 +107,16 @@ MIGRATION_0_1 = (
 def ensure_schema(store: DeliveryStore) -> None:
     """Create the store's tables when they do not exist yet; migrate a 0.1 store in place; add the
     columns and indexes a table made by an earlier version lacks."""
-    columns = _columns(store)
+    columns = _columns(store, store.table)
     if columns and "live" in columns and not _missing_columns(SCHEMA, columns):
         if not _has_table(store, store.attempt_table):
             store._execute(ATTEMPT_SCHEMA.format(table=store.attempt_table))
-        if not _missing_indexes(store, store.table, SCHEMA) and not _missing_indexes(
-            store, store.attempt_table, ATTEMPT_SCHEMA
-        ):
+        if not any(_missing(store, table, schema) for table, schema in _tables(store)):
             return
     lock = f"cupid_schema_{store.params.database}"
     store._execute("SELECT GET_LOCK(%s, 60)", (lock,))
     try:
-        columns = _columns(store)
+        columns = _columns(store, store.table)
         if not columns:
             store._execute(SCHEMA.format(table=store.table))
         elif "live" not in columns:
@@ -130,17 +128,24 @@ def ensure_schema(store: DeliveryStore) -> None:
                 )
             for statement in MIGRATION_0_1:
                 store._execute(statement.format(table=store.table))
-        else:
-            for definition in _missing_columns(SCHEMA, columns):  # added since the table was made
-                store._execute(f"ALTER TABLE {store.table} ADD COLUMN {definition}")
         store._execute(ATTEMPT_SCHEMA.format(table=store.attempt_table))
-        for table, schema in ((store.table, SCHEMA), (store.attempt_table, ATTEMPT_SCHEMA)):
-            missing = _missing_indexes(store, table, schema)
+        for table, schema in _tables(store):
+            missing = _missing(store, table, schema)
             if missing:  # one ALTER: the table is read once for all of them, writes go on meanwhile
-                log.warning("adding index(es) %s to %s", ", ".join(missing), table)
-                store._execute(f"ALTER TABLE {table} " + ", ".join(f"ADD {missing[name]}" for name in missing))
+                log.warning("adding %s to %s", ", ".join(missing), table)
+                store._execute(f"ALTER TABLE {table} " + ", ".join(f"ADD {d}" for d in missing))
     finally:
         store._execute("SELECT RELEASE_LOCK(%s)", (lock,))
+
+
+def _tables(store: DeliveryStore) -> tuple[tuple[str, str], ...]:
+    return (store.table, SCHEMA), (store.attempt_table, ATTEMPT_SCHEMA)
+
+
+def _missing(store: DeliveryStore, table: str, schema: str) -> list[str]:
+    """What a table made by an earlier version lacks, as ``ADD`` clauses: ``COLUMN …`` then ``KEY …``."""
+    columns = [f"COLUMN {d}" for d in _missing_columns(schema, _columns(store, table))]
+    return columns + list(_missing_indexes(store, table, schema).values())
 
 
 def _missing_indexes(store: DeliveryStore, table: str, schema: str) -> dict[str, str]:
@@ -150,10 +155,10 @@ def _missing_indexes(store: DeliveryStore, table: str, schema: str) -> dict[str,
     return {name: d for name, d in _indexes(schema).items() if name not in present}
 
 
-def _columns(store: DeliveryStore) -> set[str]:
-    if not _has_table(store, store.table):
+def _columns(store: DeliveryStore, table: str) -> set[str]:
+    if not _has_table(store, table):
         return set()
-    return {row[0].decode().lower() for row in store._execute(f"SHOW COLUMNS FROM {store.table}").fetchall()}
+    return {row[0].decode().lower() for row in store._execute(f"SHOW COLUMNS FROM {table}").fetchall()}
 
 
 def _has_table(store: DeliveryStore, table: str) -> bool:

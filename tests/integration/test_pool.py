@@ -70,12 +70,16 @@ def statuses(store: BoundedStore) -> dict[int, str]:
 # -- the store's indexes ------------------------------------------------------------------------------------
 
 
-def test_a_store_made_before_the_page_gets_its_indexes_once_and_keeps_its_rows(params: ConnectionParams) -> None:
+def test_a_store_made_by_an_earlier_version_gets_its_columns_and_indexes_and_keeps_its_rows(
+    params: ConnectionParams,
+) -> None:
     older = DeliveryStore(params)
     old_schema = "\n".join(line for line in SCHEMA.splitlines() if "ix_age" not in line and "ix_ended" not in line)
     old_schema = old_schema.replace(",\n  KEY ix_key (config, destination, status, row_key(64))", "")
     older._execute(old_schema.format(table=older.table))
-    older._execute(ATTEMPT_SCHEMA.replace("  KEY ix_item (item_id, id),\n", "").format(table=older.attempt_table))
+    old_attempts = ATTEMPT_SCHEMA.replace("  KEY ix_item (item_id, id),\n", "")
+    old_attempts = old_attempts.replace("  retry_after_ms   INT             NULL,\n", "")
+    older._execute(old_attempts.format(table=older.attempt_table))
     older.record([Detection(CONFIG, "copy", b"u-1", 1, 1)])
 
     store = DeliveryStore(params)
@@ -87,6 +91,8 @@ def test_a_store_made_before_the_page_gets_its_indexes_once_and_keeps_its_rows(p
 
     assert {"ix_age", "ix_ended", "ix_key", "ix_queue", "uq_live"} <= indexes(store.table)
     assert "ix_item" in indexes(store.attempt_table)
+    columns = {r[0].decode() for r in store._execute(f"SHOW COLUMNS FROM {store.attempt_table}").fetchall()}
+    assert "retry_after_ms" in columns  # a column added to the attempt table since it was made
     assert store.pending(CONFIG) == 1
     store.close()
     older.close()
