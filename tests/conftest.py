@@ -29,6 +29,8 @@ Fixtures
     ``go_dsn(database)`` (the DSN form cupid config files use).
 ``fresh_database`` (function)
     Creates an empty, uniquely named database on that server, yields its name, drops it after.
+``other_database`` (function)
+    A second empty database on that server (a destination elsewhere), dropped after.
 ``receivers`` (function)
     ``receivers(**kwargs) -> Receiver``: starts a callback receiver (tests/support/receivers.py)
     on 127.0.0.1 in a background thread; every one started is stopped after the test.
@@ -274,6 +276,17 @@ def fresh_database(mariadb: MariaDB, request: pytest.FixtureRequest) -> Iterator
 
 
 @pytest.fixture
+def other_database(mariadb: MariaDB) -> Iterator[str]:
+    """A second uniquely named database (a destination elsewhere), dropped afterwards."""
+    name = f"cupid_t_other_{secrets.token_hex(6)}"
+    _execute(mariadb, f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    try:
+        yield name
+    finally:
+        _execute(mariadb, f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.fixture
 def receivers() -> Iterator[Callable[..., Receiver]]:
     """Start callback receivers on loopback; all are stopped after the test."""
     from tests.support.receivers import Receiver
@@ -296,3 +309,23 @@ def _execute(server: MariaDB, statement: str) -> None:
         connection.cursor().execute(statement)
     finally:
         connection.close()
+
+
+# -- a skip is a failure ------------------------------------------------------------------------------------
+# A test that cannot run (a server it needs did not start, a program is missing) must not leave the run green:
+# every skip is listed with its reason and the session fails. CUPID_ALLOW_SKIPS=1 allows them for a local run.
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    skipped = terminalreporter.stats.get("skipped", [])
+    if skipped and not os.environ.get("CUPID_ALLOW_SKIPS"):
+        terminalreporter.section("skipped tests fail the run", sep="=", red=True, bold=True)
+        for report in skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            terminalreporter.line(f"SKIPPED {report.nodeid}: {reason}", red=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and reporter.stats.get("skipped") and not os.environ.get("CUPID_ALLOW_SKIPS"):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

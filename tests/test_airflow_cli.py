@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from test_dag_factory import (
+
+from tests.support.dags_folder import (
     PARSING_CONTEXT_ENV,
     CallbackReceiver,
     config_text,
@@ -40,11 +41,7 @@ def test_airflow_dags_test_runs_a_generated_sync_dag(
     with CallbackReceiver() as receiver:
         folder = make_dags_folder(
             tmp_path,
-            {
-                f"{stem}.json": config_text(
-                    src_dsn=dsn, des_dsn=dsn, des_table="user_copy", callback_url=receiver.url
-                )
-            },
+            {f"{stem}.json": config_text(src_dsn=dsn, des_dsn=dsn, des_table="user_copy", callback_url=receiver.url)},
         )
         env = {**os.environ, "AIRFLOW__CORE__DAGS_FOLDER": str(folder)}
         for name in ("CUPID_CONFIG_FOLDER", "AIRFLOW__CUPID__CONFIG_FOLDER", PARSING_CONTEXT_ENV):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 import pendulum
@@ -98,3 +99,27 @@ def test_task_reads_fresh_database_through_an_env_connection(
 
     assert dag_run.state == "success"
     assert xcom_value(dag_run, "names") == ["ann", "bob"]
+
+
+def test_a_skipped_test_fails_the_run_and_names_its_reason() -> None:
+    import secrets
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).parent / f"probe_{secrets.token_hex(4)}"
+    folder.mkdir()
+    try:
+        (folder / "test_probe.py").write_text(
+            "import pytest\n\ndef test_needs_a_server():\n    pytest.skip('the second server did not start')\n"
+        )
+        env = {k: v for k, v in os.environ.items() if k != "CUPID_ALLOW_SKIPS"}
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(folder)],
+            capture_output=True, text=True, timeout=120, check=False, env=env,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert run.returncode == 1, run.stdout
+    assert "SKIPPED" in run.stdout and "the second server did not start" in run.stdout

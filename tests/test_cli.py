@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
-from test_dag_factory import CallbackReceiver, config_text, create_tables
 
 from cupid_airflow.core.config import load_config, parse_json5
 from cupid_airflow.dag_factory import build_dags
+from tests.support.dags_folder import CallbackReceiver, config_text, create_tables
 
 if TYPE_CHECKING:
     from collections.abc import Callable

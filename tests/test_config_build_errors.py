@@ -7,10 +7,10 @@ import hashlib
 from typing import TYPE_CHECKING
 
 import pytest
-from test_dag_factory import PARSING_CONTEXT_ENV, config_text, dagbag, make_dags_folder
 
 from cupid_airflow.core.config import load_config
 from cupid_airflow.dag_factory import build_dags, load_dags
+from tests.support.dags_folder import PARSING_CONTEXT_ENV, config_text, dagbag, make_dags_folder
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -10,14 +10,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
-import threading
-import time
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,70 +22,24 @@ import pytest
 from cupid_airflow import dag_factory
 from cupid_airflow.core.config import load_config
 from cupid_airflow.dag_factory import build_dags, config_errors, config_folder, load_dags, raise_config_errors
+from tests.support.dags_folder import (
+    BLACKHOLE_DSN,
+    PARSING_CONTEXT_ENV,
+    UNREACHABLE_DSN,
+    CallbackReceiver,
+    config_text,
+    create_tables,
+    dagbag,
+    make_dags_folder,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from conftest import AirflowVariables, MariaDB
 
-REPO = Path(__file__).resolve().parent.parent
-DAG_FILES = ("cupid_dags.py", "cupid_config_errors.py")
-PARSING_CONTEXT_ENV = "_AIRFLOW_PARSING_CONTEXT_DAG_ID"  # airflow/sdk/definitions/context.py
-UNREACHABLE_DSN = "root:s3cret-Pa55@tcp(127.0.0.1:1)/nowhere?charset=utf8mb4"
-# TEST-NET-1 (RFC 5737): never routed, so a connection attempt would hang until its timeout.
-BLACKHOLE_DSN = "cupid:bl4ckh0le-pw@tcp(192.0.2.1:3306)/nowhere?charset=utf8mb4"
-
 
 # -- helpers --------------------------------------------------------------------------------------
-
-
-def config_text(
-    *,
-    src_dsn: str | None = UNREACHABLE_DSN,
-    src_conn_id: str | None = None,
-    des_dsn: str | None = UNREACHABLE_DSN,
-    des_conn_id: str | None = None,
-    table: str = "user",
-    des_table: str = "user",
-    callback_url: str = "http://127.0.0.1:1/cupid/callback",
-    destinations: int = 1,
-    extra: dict[str, Any] | None = None,
-    src_extra: dict[str, Any] | None = None,
-) -> str:
-    """A cupid config in the original JSON format, with the comments users write."""
-    src: dict[str, Any] = {
-        "table": table,
-        "byColumn": "number",
-        "idColumn": "id",
-        "insert": True,
-        "insertIntervalMillisecond": 5000,
-        "update": True,
-        "updateColumn": "update_time",
-        "updateIntervalMillisecond": 5000,
-        "updateScanSecond": 10,
-        "updateTimeFormate": "Y-m-d H:i:s",
-        **({"dsn": src_dsn} if src_conn_id is None else {"connId": src_conn_id}),
-        **(src_extra or {}),
-    }
-    des = [
-        {
-            "name": f"copy{i}",
-            **({"dsn": des_dsn} if des_conn_id is None else {"connId": des_conn_id}),
-            "table": des_table,
-            "columns": {"number": "number", "name": "name", "avatar": "avatar"},
-            "byColumn": "number",
-            "callbackNotification": {"url": callback_url, "timeoutSecond": 5},
-        }
-        for i in range(destinations)
-    ]
-    body = json.dumps(
-        {"workerNumber": 2, "failureJobRetrySecond": 10, **(extra or {}), "src": src, "des": des}, indent=2
-    )
-    return (
-        "// a cupid config, as users write them: comments are allowed\n"
-        + body.replace('"workerNumber": 2,', '"workerNumber": 2,   // concurrent callbacks', 1)
-        + "\n/* end of config */\n"
-    )
 
 
 BAD_CONFIG = """// a typo: "tabel" instead of "table"
@@ -99,23 +49,6 @@ BAD_CONFIG = """// a typo: "tabel" instead of "table"
            "byColumn": "number", "callbackNotification": {"url": "http://127.0.0.1:1/cb"}}]
 }
 """
-
-
-def make_dags_folder(root: Path, configs: dict[str, str]) -> Path:
-    """A dags folder holding copies of the repo's DAG files and ``cupid/<name>`` configs."""
-    folder = root / "dags"
-    (folder / "cupid").mkdir(parents=True)
-    for name in DAG_FILES:
-        shutil.copy(REPO / "dags" / name, folder / name)
-    for name, text in configs.items():
-        (folder / "cupid" / name).write_text(text, encoding="utf-8")
-    return folder
-
-
-def dagbag(folder: Path) -> Any:
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(folder))
 
 
 @pytest.fixture(autouse=True)
@@ -538,13 +471,11 @@ def test_parsing_never_connects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
 
-    started = time.monotonic()
     dags = load_dags(folder)
     raise_config_errors(folder)
     bag = dagbag(folder)
-    elapsed = time.monotonic() - started
 
-    assert attempts == []
+    assert attempts == []  # every way to open a connection raises: parsing never waits on a network
     assert (
         sorted(dags)
         == sorted(bag.dag_ids)
@@ -556,7 +487,6 @@ def test_parsing_never_connects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ]
     )
     assert bag.import_errors == {}
-    assert elapsed < 5, f"parsing took {elapsed:.1f}s"
 
 
 # -- the real CLI lists the generated DAGs --------------------------------------------------------
@@ -610,75 +540,10 @@ def test_airflow_dags_list_shows_both_dags_of_a_config(airflow_db: Path, tmp_pat
 # -- dag.test() against MariaDB --------------------------------------------------------------------
 
 
-class CallbackReceiver:
-    """A loopback HTTP server that answers 204 and records every request body."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                receiver.requests.append(("POST", self.path, dict(self.headers), body))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/cupid/callback"
-
-    def __enter__(self) -> CallbackReceiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def receiver() -> Iterator[CallbackReceiver]:
     with CallbackReceiver() as server:
         yield server
-
-
-SOURCE_ROWS = [
-    (1, "n-001", "ann", "a.png"),
-    (2, "n-002", "bob", None),
-    (3, "n-003", "cé", "c.png"),
-]
-
-
-def create_tables(mariadb: MariaDB, database: str, missing_number: str = "n-002") -> None:
-    """Source ``user`` and destination ``user_copy``; the destination lacks one row."""
-    conn = mariadb.connect(database)
-    try:
-        cur = conn.cursor()
-        cur.execute(
-            "CREATE TABLE user (id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY, number VARCHAR(32) NOT NULL,"
-            " name VARCHAR(64) NULL, avatar VARCHAR(255) NULL,"
-            " update_time DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP,"
-            " UNIQUE KEY uq_number (number), KEY ix_update (update_time))"
-        )
-        cur.execute(
-            "CREATE TABLE user_copy (id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY,"
-            " number VARCHAR(32) NOT NULL, name VARCHAR(64) NULL, avatar VARCHAR(255) NULL,"
-            " UNIQUE KEY uq_number (number))"
-        )
-        cur.executemany("INSERT INTO user (id, number, name, avatar) VALUES (%s, %s, %s, %s)", SOURCE_ROWS)
-        cur.executemany(
-            "INSERT INTO user_copy (number, name, avatar) VALUES (%s, %s, %s)",
-            [row[1:] for row in SOURCE_ROWS if row[1] != missing_number],
-        )
-    finally:
-        conn.close()
 
 
 def assert_synced_once(
@@ -699,7 +564,7 @@ def assert_synced_once(
     assert copy0["mismatches"] == {"missing": 1, "different": 0}
     assert copy0["error"] is None
     assert copy0["cursorAfter"]["insertId"] == 4
-    assert summary["recorded"] >= 1
+    assert summary["recorded"] == 1
 
     delivered = xcom_value(dag_run, "deliver")
     assert delivered["mode"] == "sync"

@@ -8,12 +8,19 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING
 
 import pytest
-from test_dag_factory import PARSING_CONTEXT_ENV, CallbackReceiver, config_text, create_tables, make_dags_folder
 
 from cupid_airflow.metrics import delivery_metrics, sync_metrics
+from tests.support.dags_folder import (
+    PARSING_CONTEXT_ENV,
+    CallbackReceiver,
+    config_text,
+    create_tables,
+    make_dags_folder,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -92,6 +99,14 @@ class StatsdListener:
                 continue
             self.lines.extend(data.decode("utf-8", "replace").splitlines())
 
+    def wait_for(self, *prefixes: str, timeout: float = 10.0) -> None:
+        """Wait until a line starting with each prefix has arrived (datagrams may land after the sender ends)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(any(line.startswith(p) for line in list(self.lines)) for p in prefixes):
+                return
+            time.sleep(0.05)
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)
@@ -141,6 +156,12 @@ def test_a_sync_run_publishes_its_metrics_to_statsd(
                 [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, check=False
             )
             assert result.returncode == 0, result.stdout + result.stderr
+        listener.wait_for(
+            *(
+                f"airflow.cupid.{stem}.{name}:"
+                for name in ("rows_scanned", "copy0.missing", "copy0.delivered", "pool.parked")
+            )
+        )
     finally:
         listener.close()
     cupid = [line for line in listener.lines if f"cupid.{stem}." in line]

@@ -340,3 +340,17 @@ def test_secrets_of_a_config(tmp_path: Path) -> None:
     for planted in ("s3cr3tpw", "T0kenT0ken", "Bearer B3arerB3arer", "Sl4ckSl4ckSl4ck", "N0tifierN0tifier"):
         assert planted in secrets
     assert "ops" not in secrets and "#ops" not in secrets
+
+
+# A persisted format: the state database labels an unnamed destination by this fingerprint (cupid_destination).
+# Changing it relabels every unnamed destination of every store: a migration (see docs/architecture.md).
+def test_destination_fingerprints_known_values(tmp_path: Path) -> None:
+    twin = {**GOOD["des"][0], "callbackNotification": {"url": "http://app/other"}}
+    named = {**GOOD["des"][0], "name": "copy"}
+    config = load_config(write(tmp_path, {**GOOD, "des": [GOOD["des"][0], twin, named]}))
+    assert config.destination_keys == [
+        # sha1("dsn:db2:3306/copy|user|number|<occurrence among destinations at that place>")
+        (None, "651be91a6d1a7d353dda4675bde71840dfc291ea"),
+        (None, "a1d1e1ec7628be28838e3ce3fe1196b187043a86"),
+        ("copy", "c6f7aeda176ce19e426c647f863f0e6656ca66d2"),
+    ]

@@ -122,11 +122,7 @@ def _read_request(connection: socket.socket) -> None:
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
     length = next(
-        (
-            int(line.split(b":", 1)[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        ),
+        (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
         0,
     )
     while len(rest) < length:
@@ -183,10 +179,7 @@ def _answer(status: int, text: str = "", headers: dict[str, str] | None = None) 
 
 
 def _deliveries(count: int) -> list[Delivery]:
-    return [
-        Delivery(item_id=i, idempotency_key=f"key-{i}", body=b'{"type":1,"srcColumn":{}}')
-        for i in range(count)
-    ]
+    return [Delivery(item_id=i, idempotency_key=f"key-{i}", body=b'{"type":1,"srcColumn":{}}') for i in range(count)]
 
 
 def _one(target: CallbackTarget) -> DeliveryResult:
@@ -198,9 +191,7 @@ def _one(target: CallbackTarget) -> DeliveryResult:
 def test_2xx_is_success(http_receiver: Callable[[Handler], HttpReceiver], status: int) -> None:
     receiver = http_receiver(_answer(status, "" if status == 204 else "fine"))
     result = _one(CallbackTarget(receiver.url))
-    assert result == DeliveryResult(
-        0, ok=True, http_status=status, error=None, elapsed_second=result.elapsed_second
-    )
+    assert result == DeliveryResult(0, ok=True, http_status=status, error=None, elapsed_second=result.elapsed_second)
     assert 0 < result.elapsed_second < 5
 
 
@@ -240,13 +231,13 @@ def test_redirect_is_not_followed(http_receiver: Callable[[Handler], HttpReceive
 
 def test_slow_answer_times_out(http_receiver: Callable[[Handler], HttpReceiver]) -> None:
     async def slow(request: web.Request) -> web.StreamResponse:
-        await asyncio.sleep(2)
+        await asyncio.sleep(10)
         return web.Response()
 
     receiver = http_receiver(slow)
     started = time.monotonic()
     result = _one(CallbackTarget(receiver.url, timeout_second=0.3))
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 5, "it waited for the answer (10 s), not for its timeout"
     assert (result.ok, result.http_status, result.error) == (False, None, "timeout after 0.3 s")
 
 
@@ -327,9 +318,7 @@ def test_concurrency_limit_is_respected(http_receiver: Callable[[Handler], HttpR
 
 
 @pytest.mark.parametrize(("status", "text"), [(200, "ok"), (204, ""), (500, "down")])
-def test_connections_are_kept_alive(
-    http_receiver: Callable[[Handler], HttpReceiver], status: int, text: str
-) -> None:
+def test_connections_are_kept_alive(http_receiver: Callable[[Handler], HttpReceiver], status: int, text: str) -> None:
     receiver = http_receiver(_answer(status, text))
     deliver(CallbackTarget(receiver.url, concurrency=3, breaker_threshold=1000), _deliveries(60))
     assert len(receiver.received) == 60
@@ -375,14 +364,10 @@ def test_on_result_is_called_once_per_item(http_receiver: Callable[[Handler], Ht
 
 def test_on_result_is_called_for_items_not_sent() -> None:
     seen: list[DeliveryResult] = []
-    results = deliver(
-        CallbackTarget("http://127.0.0.1:9/cb", breaker_threshold=2), _deliveries(10), seen.append
-    )
+    results = deliver(CallbackTarget("http://127.0.0.1:9/cb", breaker_threshold=2), _deliveries(10), seen.append)
     assert len(seen) == 10
     # The breaker opens after 2 failures; at most concurrency - 1 more were already on their way.
-    assert sum(r.error is not None and r.error.startswith("circuit open") for r in results) >= 10 - (
-        2 + 3 - 1
-    )
+    assert sum(r.error is not None and r.error.startswith("circuit open") for r in results) >= 10 - (2 + 3 - 1)
 
 
 def test_exception_in_on_result_stops_delivery(http_receiver: Callable[[Handler], HttpReceiver]) -> None:
@@ -394,16 +379,16 @@ def test_exception_in_on_result_stops_delivery(http_receiver: Callable[[Handler]
 
     with pytest.raises(ConnectionError, match="store is down"):
         deliver(CallbackTarget(receiver.url, concurrency=2), _deliveries(200), store_down)
-    time.sleep(0.1)
-    assert len(receiver.received) < 10
+    sent = len(receiver.received)
+    assert sent < 10
+    time.sleep(1)  # deliver() has returned: nothing of it may still be sending
+    assert len(receiver.received) == sent
 
 
 def test_runs_from_a_thread_without_event_loop(http_receiver: Callable[[Handler], HttpReceiver]) -> None:
     receiver = http_receiver(_answer(204))
     outcome: list[list[DeliveryResult]] = []
-    thread = threading.Thread(
-        target=lambda: outcome.append(deliver(CallbackTarget(receiver.url), _deliveries(5)))
-    )
+    thread = threading.Thread(target=lambda: outcome.append(deliver(CallbackTarget(receiver.url), _deliveries(5))))
     thread.start()
     thread.join(10)
     assert [r.ok for r in outcome[0]] == [True] * 5

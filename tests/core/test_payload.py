@@ -171,20 +171,52 @@ def test_idempotency_key_is_stable_and_distinct() -> None:
 def test_the_key_names_the_body_and_the_item() -> None:
     row = {"id": b"7", "name": b"Ann"}
     first = build_body(
-        config="user", item_id=41, mismatch_type=1, source_row=row, destination="des0",
-        destination_table="user_copy", key_column="id", row_key=b"7", differences=None, detected_at="t",
+        config="user",
+        item_id=41,
+        mismatch_type=1,
+        source_row=row,
+        destination="des0",
+        destination_table="user_copy",
+        key_column="id",
+        row_key=b"7",
+        differences=None,
+        detected_at="t",
     )
     again = build_body(
-        config="user", item_id=41, mismatch_type=1, source_row=dict(row), destination="des0",
-        destination_table="user_copy", key_column="id", row_key=b"7", differences=None, detected_at="t",
+        config="user",
+        item_id=41,
+        mismatch_type=1,
+        source_row=dict(row),
+        destination="des0",
+        destination_table="user_copy",
+        key_column="id",
+        row_key=b"7",
+        differences=None,
+        detected_at="t",
     )
     newer = build_body(
-        config="user", item_id=41, mismatch_type=1, source_row={**row, "name": b"Anne"}, destination="des0",
-        destination_table="user_copy", key_column="id", row_key=b"7", differences=None, detected_at="t",
+        config="user",
+        item_id=41,
+        mismatch_type=1,
+        source_row={**row, "name": b"Anne"},
+        destination="des0",
+        destination_table="user_copy",
+        key_column="id",
+        row_key=b"7",
+        differences=None,
+        detected_at="t",
     )
     redetected = build_body(
-        config="user", item_id=42, mismatch_type=1, source_row=row, destination="des0",
-        destination_table="user_copy", key_column="id", row_key=b"7", differences=None, detected_at="t",
+        config="user",
+        item_id=42,
+        mismatch_type=1,
+        source_row=row,
+        destination="des0",
+        destination_table="user_copy",
+        key_column="id",
+        row_key=b"7",
+        differences=None,
+        detected_at="t",
     )
     assert first == again
     document = json.loads(first.body)

@@ -23,6 +23,7 @@ from cupid_airflow.core.sql import ConnectionParams
 from cupid_airflow.core.store import STATUSES, DeliveryStore
 from cupid_airflow.cursors import cursor_variable_key
 from cupid_airflow.dag_factory import build_dags
+from tests.support.database import execute
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -73,27 +74,6 @@ def receiver() -> Iterator[Receiver]:
     server = Receiver()
     yield server
     server.close()
-
-
-@pytest.fixture
-def other_database(mariadb: MariaDB) -> Iterator[str]:
-    """A second uniquely named database, dropped afterwards."""
-    name = f"cupid_t_other_{secrets.token_hex(6)}"
-    execute(mariadb, None, f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-    try:
-        yield name
-    finally:
-        execute(mariadb, None, f"DROP DATABASE IF EXISTS `{name}`")
-
-
-def execute(mariadb: MariaDB, database: str | None, *statements: str) -> None:
-    conn = mariadb.connect(database)
-    try:
-        cursor = conn.cursor()
-        for statement in statements:
-            cursor.execute(statement)
-    finally:
-        conn.close()
 
 
 def source_tables(mariadb: MariaDB, database: str, rows: int, *, update_column: bool = False) -> None:

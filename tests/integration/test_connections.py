@@ -10,25 +10,25 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import shutil
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from test_dag_factory import CallbackReceiver, config_text, create_tables
 
 from cupid_airflow.connections import CupidConnectionError, callback_target, resolve_connection
 from cupid_airflow.core.config import StateConnection, load_config, parse_json5
 from cupid_airflow.core.delivery import Delivery, deliver
 from cupid_airflow.core.sql import connect
 from cupid_airflow.dag_factory import build_dags
-
-from .tls_support import Pki, Recorder, TlsMariaDB, make_pki
+from tests.support.dags_folder import CallbackReceiver, config_text, create_tables
+from tests.support.tls import Pki, Recorder, make_pki, private_tls_mariadb
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
     from conftest import MariaDB
+
+    from tests.support.mariadb_server import PrivateMariaDB
 
 pytestmark = pytest.mark.integration
 
@@ -116,23 +116,19 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 @pytest.fixture(scope="module")
-def tls_mariadb(pki: Pki) -> Iterator[TlsMariaDB]:
-    if not (shutil.which("mariadbd") and shutil.which("mariadb-install-db")):
-        pytest.fail("mariadbd and mariadb-install-db are needed (scripts/setup.sh installs MariaDB)")
-    server = TlsMariaDB(pki)
-    try:
-        server.start()
+def tls_mariadb(pki: Pki) -> Iterator[PrivateMariaDB]:
+    with private_tls_mariadb(pki) as server:
         # a user the server lets in over TLS only
         server.execute(
             "CREATE USER 'cupid_tls'@'%' IDENTIFIED BY 'tls-Pa55word' REQUIRE SSL",
             "GRANT ALL ON *.* TO 'cupid_tls'@'%'",
         )
         yield server
-    finally:
-        server.stop()
 
 
-def tls_connection(monkeypatch: pytest.MonkeyPatch, server: TlsMariaDB, database: str, extra: dict[str, Any]) -> str:
+def tls_connection(
+    monkeypatch: pytest.MonkeyPatch, server: PrivateMariaDB, database: str, extra: dict[str, Any]
+) -> str:
     return set_connection(
         monkeypatch,
         new_id("tls"),
@@ -155,7 +151,7 @@ def tls_connection(monkeypatch: pytest.MonkeyPatch, server: TlsMariaDB, database
     ],
 )
 def test_tls_options_of_a_mysql_connection_are_used(
-    tls_mariadb: TlsMariaDB, pki: Pki, monkeypatch: pytest.MonkeyPatch, extra: Any
+    tls_mariadb: PrivateMariaDB, pki: Pki, monkeypatch: pytest.MonkeyPatch, extra: Any
 ) -> None:
     """The TLS extras were ignored: a server that requires TLS refused cupid."""
     if extra == "ssl_ca":
@@ -175,7 +171,7 @@ def test_tls_options_of_a_mysql_connection_are_used(
 
 
 def test_a_sync_dag_run_compares_and_delivers_over_tls(
-    tls_mariadb: TlsMariaDB,
+    tls_mariadb: PrivateMariaDB,
     pki: Pki,
     run_dag: Callable[..., Any],
     receiver: CallbackReceiver,

@@ -12,12 +12,14 @@ import pytest
 from cupid_airflow.core.destinations import DestinationRegistry
 from cupid_airflow.core.dispatch import DispatchSettings, after_try, dispatch
 from cupid_airflow.core.store import DeliveryStore
-from tests.support.outbox import make_copy, make_tables, params_of, plant_items, route
+from tests.support.outbox import make_copy, make_tables, number_of, params_of, plant_items, route
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from conftest import MariaDB
+
+    from tests.support.receivers import Receiver
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +112,25 @@ def test_without_an_open_circuit_only_the_failed_items_are_parked(mariadb: Maria
     finally:
         store.close()
         registry.close()
+
+
+def test_the_failure_pool_sends_parked_items_oldest_first(
+    mariadb: MariaDB, fresh_database: str, receivers: Callable[..., Receiver]
+) -> None:
+    make_tables(mariadb, fresh_database, 8)
+    params = params_of(mariadb, fresh_database)
+    store = DeliveryStore(params)
+    try:
+        order = [6, 2, 8, 1, 5, 3, 7, 4]  # detected in this order: not the order of the keys or row ids
+        for i in order:
+            plant_items(store, "cfg", [i])
+        assert store.park("cfg", "des0") == 8
+        receiver = receivers()
+        outcomes = dispatch(
+            params, "cfg", [route(params, "des0", receiver.url, concurrency=1)],
+            DispatchSettings(statuses=("parked",), batch_size=3, probe=True),
+        )  # fmt: skip
+        assert outcomes["des0"].delivered == 8
+        assert [h.key for h in receiver.hits] == [number_of(i) for i in order]
+    finally:
+        store.close()

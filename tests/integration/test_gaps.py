@@ -16,38 +16,21 @@ import pytest
 
 from cupid_airflow.core.compare import DestinationSpec
 from cupid_airflow.core.gaps import GapTracker
-from cupid_airflow.core.store import DeliveryStore
 from cupid_airflow.core.sync import MemoryCursorStore, SyncRun
-
-from .scan_support import (
-    Connector,
-    execute,
-    fail_after,
-    found,
-    keyset,
-    make_plan,
-    open_insert,
-    params_for,
-    pause_first,
-    query,
-)
+from tests.support.database import execute, params_for, query
+from tests.support.scans import Connector, fail_after, found, keyset, make_plan, open_insert, pause_first
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from conftest import AirflowVariables, MariaDB
+
+    from cupid_airflow.core.store import DeliveryStore
 
 pytestmark = pytest.mark.integration
 
 LATE = "INSERT INTO src (code, name) VALUES ('late', 'slow transaction')"
 QUICK = "INSERT INTO src (code, name) VALUES ('quick', 'autocommit')"
-
-
-@pytest.fixture
-def store(mariadb: MariaDB, fresh_database: str) -> Iterator[DeliveryStore]:
-    delivery_store = DeliveryStore(params_for(mariadb, fresh_database))
-    yield delivery_store
-    delivery_store.close()
 
 
 def tables(mariadb: MariaDB, database: str, rows: int = 10) -> None:

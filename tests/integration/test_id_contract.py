@@ -14,22 +14,15 @@ import pytest
 from cupid_airflow.core.scan import ScanError
 from cupid_airflow.core.store import STATUSES, DeliveryStore
 from cupid_airflow.core.sync import MemoryCursorStore, SyncRun
-
-from .scan_support import CONFIG, execute, found, keyset, make_plan, params_for, query
+from tests.support.database import execute, params_for, query
+from tests.support.scans import CONFIG, found, keyset, make_plan
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from conftest import MariaDB
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(mariadb: MariaDB, fresh_database: str) -> Iterator[DeliveryStore]:
-    delivery_store = DeliveryStore(params_for(mariadb, fresh_database))
-    yield delivery_store
-    delivery_store.close()
 
 
 def source_with(mariadb: MariaDB, database: str, id_definition: str, ids: list[Any], extra: str = "") -> None:

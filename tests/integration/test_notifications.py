@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from test_dag_factory import config_text
 
 from cupid_airflow.core.config import load_config, parse_json5
 from cupid_airflow.get_provider_info import get_provider_info
 from cupid_airflow.notify import TaskFailureAlert, send_alert
-
-from .tls_support import Recorder
+from tests.support.dags_folder import config_text
+from tests.support.tls import Recorder
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

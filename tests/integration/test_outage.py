@@ -73,6 +73,7 @@ def test_an_outage_of_one_receiver_stalls_the_other_once_at_most_and_loses_nothi
     dsn = mariadb.go_dsn(fresh_database)
     configs = tmp_path / "configs"
     configs.mkdir()
+
     def destination(name: str, url: str) -> dict[str, object]:
         return {
             "name": name,

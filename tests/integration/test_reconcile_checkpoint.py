@@ -17,31 +17,13 @@ import pytest
 from cupid_airflow.core.compare import DestinationSpec
 from cupid_airflow.core.reconcile import CHECKPOINT_TABLE, CheckpointStore, TableSide
 from cupid_airflow.core.store import DeliveryStore
-from tests.integration.reconcile_support import (
-    CONFIG,
-    SIMPLE_SPEC,
-    checkpoints,
-    execute,
-    found,
-    params_for,
-    reconcile,
-    scalar,
-    simple_tables,
-)
+from tests.support.database import execute, params_for, scalar
+from tests.support.reconcile import CONFIG, SIMPLE_SPEC, checkpoints, found, reconcile, simple_tables
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from conftest import MariaDB
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(mariadb: MariaDB, fresh_database: str) -> Iterator[DeliveryStore]:
-    delivery_store = DeliveryStore(params_for(mariadb, fresh_database))
-    yield delivery_store
-    delivery_store.close()
 
 
 def until_complete(run: Any, limit: int = 500) -> list[dict[str, Any]]:

@@ -15,13 +15,8 @@ from cupid_airflow.core.config import load_config
 from cupid_airflow.core.store import DeliveryStore
 from cupid_airflow.cursors import cursor_variable_key
 from cupid_airflow.dag_factory import build_dags
-from tests.integration.reconcile_support import (
-    checkpoints,
-    execute,
-    found,
-    params_for,
-    simple_tables,
-)
+from tests.support.database import execute, params_for
+from tests.support.reconcile import checkpoints, found, simple_tables
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -30,24 +25,6 @@ if TYPE_CHECKING:
     from conftest import AirflowVariables, MariaDB
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(mariadb: MariaDB, fresh_database: str) -> Iterator[DeliveryStore]:
-    delivery_store = DeliveryStore(params_for(mariadb, fresh_database))
-    yield delivery_store
-    delivery_store.close()
-
-
-@pytest.fixture
-def other_database(mariadb: MariaDB) -> Iterator[str]:
-    """A second uniquely named database (a destination elsewhere), dropped afterwards."""
-    name = f"cupid_t_other_{secrets.token_hex(6)}"
-    execute(mariadb, None, f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-    try:
-        yield name
-    finally:
-        execute(mariadb, None, f"DROP DATABASE IF EXISTS `{name}`")
 
 
 # -- 6. the reconcile DAG, then delivery -------------------------------------------------------------

@@ -8,7 +8,6 @@ Every test builds its own source and destination tables in a fresh database (the
 from __future__ import annotations
 
 import json
-import secrets
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -18,50 +17,30 @@ from cupid_airflow.core.compare import DestinationSpec
 from cupid_airflow.core.config import load_config
 from cupid_airflow.core.reconcile import ReconcileRun, ReconcileSettings, TableSide
 from cupid_airflow.core.reconcile import table as reconcile_table
-from cupid_airflow.core.store import DeliveryStore
 from cupid_airflow.core.sync import MemoryCursorStore, SyncPlan, SyncRun
-from tests.integration.reconcile_support import (
+from tests.support.database import execute, params_for, scalar
+from tests.support.reconcile import (
     CONFIG,
     SIMPLE_SPEC,
     all_items,
     checkpoints,
     code,
     delivered_bodies,
-    execute,
     found,
     keys_sql,
-    params_for,
     raw_rows,
     reconcile,
-    scalar,
     simple_tables,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
     from conftest import MariaDB
 
+    from cupid_airflow.core.store import DeliveryStore
+
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(mariadb: MariaDB, fresh_database: str) -> Iterator[DeliveryStore]:
-    delivery_store = DeliveryStore(params_for(mariadb, fresh_database))
-    yield delivery_store
-    delivery_store.close()
-
-
-@pytest.fixture
-def other_database(mariadb: MariaDB) -> Iterator[str]:
-    """A second uniquely named database (a destination elsewhere), dropped afterwards."""
-    name = f"cupid_t_other_{secrets.token_hex(6)}"
-    execute(mariadb, None, f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-    try:
-        yield name
-    finally:
-        execute(mariadb, None, f"DROP DATABASE IF EXISTS `{name}`")
 
 
 # -- 1. every kind of difference -------------------------------------------------------------------

@@ -14,32 +14,15 @@ import pytest
 
 from cupid_airflow.core.compare import DestinationSpec
 from cupid_airflow.core.reconcile import TableSide
-from cupid_airflow.core.store import DeliveryStore
-from tests.integration.reconcile_support import (
-    SIMPLE_SPEC,
-    code,
-    differences,
-    execute,
-    found,
-    params_for,
-    reconcile,
-    scalar,
-    simple_tables,
-)
+from tests.support.database import execute, scalar
+from tests.support.reconcile import SIMPLE_SPEC, code, differences, found, reconcile, simple_tables
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from conftest import MariaDB
 
+    from cupid_airflow.core.store import DeliveryStore
+
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(mariadb: MariaDB, fresh_database: str) -> Iterator[DeliveryStore]:
-    delivery_store = DeliveryStore(params_for(mariadb, fresh_database))
-    yield delivery_store
-    delivery_store.close()
 
 
 # -- item 1: an integer source key against a text destination key ---------------------------------

@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from cupid_airflow.core.store import DeliveryStore
-from tests.integration.reconcile_support import CONFIG, all_items, checkpoint_state, execute, params_for
+from tests.support.database import execute, params_for
+from tests.support.reconcile import CONFIG, all_items, checkpoint_state
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from conftest import MariaDB
+
+    from cupid_airflow.core.store import DeliveryStore
 
 pytestmark = pytest.mark.integration
 
@@ -70,13 +70,6 @@ CHILD = textwrap.dedent(
     print(json.dumps(summary["destinations"]["des0"]))
     """
 )
-
-
-@pytest.fixture
-def store(mariadb: MariaDB, fresh_database: str) -> Iterator[DeliveryStore]:
-    delivery_store = DeliveryStore(params_for(mariadb, fresh_database))
-    yield delivery_store
-    delivery_store.close()
 
 
 class Writer:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -15,47 +14,27 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from cupid_airflow.core.store import DeliveryStore
 from cupid_airflow.core.sync import MemoryCursorStore
-from tests.integration.reconcile_support import (
+from tests.support.database import execute, params_for
+from tests.support.reconcile import (
     CONFIG,
     SIMPLE_SPEC,
     checkpoint_state,
     checkpoints,
     code,
-    execute,
     found,
-    params_for,
     reconcile,
     simple_tables,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from conftest import MariaDB
+
+    from cupid_airflow.core.store import DeliveryStore
 
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def store(mariadb: MariaDB, fresh_database: str) -> Iterator[DeliveryStore]:
-    delivery_store = DeliveryStore(params_for(mariadb, fresh_database))
-    yield delivery_store
-    delivery_store.close()
-
-
-@pytest.fixture
-def other_database(mariadb: MariaDB) -> Iterator[str]:
-    """A second uniquely named database (a destination elsewhere), dropped afterwards."""
-    name = f"cupid_t_other_{secrets.token_hex(6)}"
-    execute(mariadb, None, f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-    try:
-        yield name
-    finally:
-        execute(mariadb, None, f"DROP DATABASE IF EXISTS `{name}`")
 
 
 # -- 3. pause and resume -----------------------------------------------------------------------------

@@ -2,116 +2,32 @@
 
 from __future__ import annotations
 
-import os
-import secrets
-import shutil
-import socket
-import subprocess
-import time
 from typing import TYPE_CHECKING
 
 import pytest
 
 from cupid_airflow.core.reconcile import ReconcileRun, ReconcileSettings
 from cupid_airflow.core.sql import ConnectionParams, connect
-from cupid_airflow.core.store import DeliveryStore
-from tests.integration.reconcile_support import (
-    CONFIG,
-    SIMPLE_SPEC,
-    execute,
-    found,
-    params_for,
-    raw_rows,
-    scalar,
-    simple_tables,
-)
+from tests.support.database import params_for, scalar
+from tests.support.mariadb_server import PrivateMariaDB
+from tests.support.reconcile import CONFIG, SIMPLE_SPEC, found, raw_rows, simple_tables
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from conftest import MariaDB
 
+    from cupid_airflow.core.store import DeliveryStore
+
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(mariadb: MariaDB, fresh_database: str) -> Iterator[DeliveryStore]:
-    delivery_store = DeliveryStore(params_for(mariadb, fresh_database))
-    yield delivery_store
-    delivery_store.close()
-
-
-@pytest.fixture
-def other_database(mariadb: MariaDB) -> Iterator[str]:
-    """A second uniquely named database (a destination elsewhere), dropped afterwards."""
-    name = f"cupid_t_other_{secrets.token_hex(6)}"
-    execute(mariadb, None, f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-    try:
-        yield name
-    finally:
-        execute(mariadb, None, f"DROP DATABASE IF EXISTS `{name}`")
 
 
 # -- 8. a destination on another server --------------------------------------------------------------
 @pytest.fixture(scope="module")
-def second_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConnectionParams]:
-    """A MariaDB server of its own (grant tables skipped, 16 MB buffer pool), started for this module."""
-    server = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
-    install = shutil.which("mariadb-install-db")
-    if not os.path.exists(server) or install is None:
-        pytest.skip("mariadbd and mariadb-install-db are needed to start a second server")
-    home = tmp_path_factory.mktemp("second-mariadb")
-    data = home / "data"
-    installed = subprocess.run(
-        [install, "--no-defaults", f"--datadir={data}", "--user=root", "--skip-test-db"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    if installed.returncode != 0:
-        pytest.skip(f"mariadb-install-db failed: {installed.stderr[-500:]}")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = open(home / "server.log", "wb")  # noqa: SIM115 - closed after the server stops
-    process = subprocess.Popen(
-        [
-            server,
-            "--no-defaults",
-            f"--datadir={data}",
-            f"--port={port}",
-            "--bind-address=127.0.0.1",
-            f"--socket={home / 'server.sock'}",
-            f"--pid-file={home / 'server.pid'}",
-            "--user=root",
-            "--skip-grant-tables",
-            "--skip-log-bin",
-            "--innodb-buffer-pool-size=16M",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    params = ConnectionParams(host="127.0.0.1", port=port, user="root", password="", database=None)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                connect(params).close()
-                break
-            except Exception:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.skip(f"the second server did not start: {(home / 'server.log').read_text()[-500:]}")
-                time.sleep(0.2)
-        yield params
-    finally:
-        process.terminate()
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-        log.close()
+def second_server() -> Iterator[ConnectionParams]:
+    """A MariaDB server of its own, started for this module."""
+    with PrivateMariaDB() as server:
+        yield server.params()
 
 
 def test_a_destination_on_another_server_is_verified_with_one_query_per_chunk_on_each(
@@ -138,6 +54,8 @@ def test_a_destination_on_another_server_is_verified_with_one_query_per_chunk_on
         cursor.execute("DELETE FROM remote.dst WHERE code = 'k04321'")
         cursor.execute("UPDATE remote.dst SET name = NULL WHERE code = 'k00777'")
         cursor.execute("INSERT INTO remote.dst (code, name) VALUES ('k90000', 'only remote')")
+        cursor.execute("TRUNCATE mysql.general_log")
+        cursor.execute("SET GLOBAL log_output = 'TABLE', general_log = 1")
     finally:
         conn.close()
     remote = ConnectionParams(host=second_server.host, port=second_server.port, user="root", database="remote")
@@ -151,6 +69,21 @@ def test_a_destination_on_another_server_is_verified_with_one_query_per_chunk_on
         settings=ReconcileSettings(detect_deletes=True, chunk_size=500, min_chunk_size=500, max_chunk_size=500),
         store=store,
     ).run()["destinations"]["remote"]
+    conn = connect(second_server)
+    try:
+        cursor = conn.cursor()
+        cursor.execute("SET GLOBAL general_log = 0")
+        cursor.execute("SELECT argument FROM mysql.general_log WHERE command_type = 'Query'")
+        statements = [row[0].decode() for row in cursor.fetchall()]
+    finally:
+        conn.close()
     assert summary["error"] is None and summary["complete"] is True
     assert summary["rows"] == {"source": 5000, "destination": 5000}
+    # on the remote server: one hash query per chunk of 500 ids (5,000 rows, ids up to 5,001 after the
+    # delete and insert: 11 chunks), then one read of the differing buckets' rows (a sweep batch, counted
+    # as a chunk too), then one look-up of the extra row's key
+    hashes = [q for q in statements if q.startswith("SELECT MOD(CRC32(`code`), 4096), COUNT(*)")]
+    assert len(hashes) == 11
+    assert sum(" WHERE MOD(CRC32(`code`), 4096) IN (" in q for q in statements) == 1
+    assert summary["chunks"] == {"source": 12, "destination": 12}
     assert found(store) == {("remote", b"k04321", 1), ("remote", b"k00777", 2), ("remote", b"k90000", 3)}

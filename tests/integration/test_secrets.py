@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from test_dag_factory import PARSING_CONTEXT_ENV, create_tables, make_dags_folder
 
-from .tls_support import Recorder, Request, free_port
+from tests.support.dags_folder import PARSING_CONTEXT_ENV, create_tables, make_dags_folder
+from tests.support.receivers import free_port
+from tests.support.tls import Recorder, Request
 
 if TYPE_CHECKING:
     from conftest import MariaDB

@@ -12,28 +12,20 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from cupid_airflow.core.scan import ScanError
-from cupid_airflow.core.store import DeliveryStore
 from cupid_airflow.core.sync import MemoryCursorStore, SyncRun
-
-from .scan_support import Connector, execute, found, keyset, make_plan, params_for, query
+from tests.support.database import execute, params_for, query
+from tests.support.scans import Connector, found, keyset, make_plan
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from conftest import MariaDB
+
+    from cupid_airflow.core.store import DeliveryStore
 
 pytestmark = pytest.mark.integration
 
 NEW_YORK = "America/New_York"
 FALL_BACK = 1730613600  # 2024-11-03 06:00:00 UTC: New York goes from 02:00 EDT back to 01:00 EST
 SPRING_FORWARD = 1710054000  # 2024-03-10 07:00:00 UTC: New York goes from 02:00 EST on to 03:00 EDT
-
-
-@pytest.fixture
-def store(mariadb: MariaDB, fresh_database: str) -> Iterator[DeliveryStore]:
-    delivery_store = DeliveryStore(params_for(mariadb, fresh_database))
-    yield delivery_store
-    delivery_store.close()
 
 
 @pytest.fixture(scope="session")

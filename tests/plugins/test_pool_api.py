@@ -174,9 +174,12 @@ def test_access_follows_each_configs_dags(pool_stack: AirflowStack, state_params
     ]
     for path in (f"{API}/beta/overview", f"{API}/beta/items/{ids[0]}", f"{API}/beta/destinations/{destination}/items"):
         assert pool_stack.request("GET", path, user="scoped_alpha")[0] == 403, path
-    assert pool_stack.request(
-        "POST", f"{API}/beta/requeue", user="scoped_alpha", body=requeue_body(destination, ids, True)
-    )[0] == 403
+    assert (
+        pool_stack.request(
+            "POST", f"{API}/beta/requeue", user="scoped_alpha", body=requeue_body(destination, ids, True)
+        )[0]
+        == 403
+    )
     assert pool_stack.request("GET", f"{API}/nope/overview", user="scoped_alpha")[0] == 403, "403 before 404"
     assert pool_stack.request("GET", f"{API}/nope/overview", user="admin")[0] == 404
 
@@ -213,9 +216,7 @@ def test_a_bad_question_gets_a_clear_4xx_and_touches_nothing(
 ) -> None:
     destination, ids = plant(state_params, "alpha", ["parked", "dead"])
     before = snapshot(state_params, destination)
-    status, body = pool_stack.request(
-        "GET", path.format(api=API, d=destination, id=ids[0], big=2**70), user="admin"
-    )
+    status, body = pool_stack.request("GET", path.format(api=API, d=destination, id=ids[0], big=2**70), user="admin")
     assert status == expected, body
     assert isinstance(body, dict) and body.get("detail"), "a reason people can read"
     assert snapshot(state_params, destination) == before

@@ -182,9 +182,7 @@ min_file_process_interval = 5
     # -- HTTP ----------------------------------------------------------------------------------------------
     def token(self, user: str) -> str:
         if user not in self._tokens:
-            status, body = self.request(
-                "POST", "/auth/token", body={"username": user, "password": self.users[user]}
-            )
+            status, body = self.request("POST", "/auth/token", body={"username": user, "password": self.users[user]})
             if status not in (200, 201):
                 raise RuntimeError(f"no token for {user}: {status} {body!r}")
             self._tokens[user] = body["access_token"]

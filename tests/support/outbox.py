@@ -102,9 +102,7 @@ def route(
     )
 
 
-def plant_items(
-    store: DeliveryStore, config: str, ids: range | list[int], destination: str = "des0"
-) -> list[str]:
+def plant_items(store: DeliveryStore, config: str, ids: range | list[int], destination: str = "des0") -> list[str]:
     """Record type-1 detections of source rows ``ids`` for ``destination``; return their keys."""
     store.ensure_schema()
     detections = [Detection(config, destination, number_of(i).encode(), 1, i) for i in ids]
@@ -211,6 +209,11 @@ def dags_of(path: Path) -> tuple[Any, Any]:
     config = load_config(path)
     dags = build_dags(config)
     return dags[config.sync_dag_id], dags[config.failure_pool_dag_id]
+
+
+def duration(ti: Any) -> float:
+    """Seconds a task instance ran."""
+    return (ti.end_date - ti.start_date).total_seconds()
 
 
 def task_states(dag_run: Any) -> dict[str, str | None]:

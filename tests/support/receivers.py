@@ -119,9 +119,7 @@ class Receiver:
             status = self.respond(hit, nth) if self.respond is not None else 204
             hit.status = status
             headers = self.answer_headers(hit, nth) if self.answer_headers is not None else None
-            response = web.Response(
-                status=status, text=None if status == 204 else f"answer {status}", headers=headers
-            )
+            response = web.Response(status=status, text=None if status == 204 else f"answer {status}", headers=headers)
             if self.after_answer is None:
                 return response
             await response.prepare(request)
@@ -243,5 +241,3 @@ def _read_http_request(connection: socket.socket) -> tuple[dict[str, str], bytes
     except OSError:
         return None
     return headers, rest
-
-

@@ -647,8 +647,10 @@ def _arrival_violations(receivers: dict[str, ApplyingReceiver]) -> list[str]:
                 continue
             seen = bodies.setdefault(arrival.idempotency_key, arrival.body_digest)
             if seen != arrival.body_digest:
-                out.append(f"{arrival.destination}/{arrival.key}: Idempotency-Key {arrival.idempotency_key[:12]} "
-                           "carried two different bodies")
+                out.append(
+                    f"{arrival.destination}/{arrival.key}: Idempotency-Key {arrival.idempotency_key[:12]} "
+                    "carried two different bodies"
+                )
     return out
 
 

@@ -28,34 +28,6 @@ CONFIG = "scan"
 SIMPLE_SPEC = DestinationSpec("des0", "dst", "code", {"code": "code", "name": "name"})
 
 
-def params_for(mariadb: MariaDB, database: str | None) -> ConnectionParams:
-    return ConnectionParams(mariadb.host, mariadb.port, mariadb.user, mariadb.password, database)
-
-
-def execute(mariadb: MariaDB, database: str, *statements: str | tuple[str, Any]) -> None:
-    """Run statements (``sql`` or ``(sql, args)``) in autocommit."""
-    conn = mariadb.connect(database)
-    try:
-        cursor = conn.cursor()
-        for statement in statements:
-            if isinstance(statement, tuple):
-                cursor.execute(*statement)
-            else:
-                cursor.execute(statement)
-    finally:
-        conn.close()
-
-
-def query(mariadb: MariaDB, database: str, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
-    conn = mariadb.connect(database)
-    try:
-        cursor = conn.cursor()
-        cursor.execute(sql, args)
-        return list(cursor.fetchall())
-    finally:
-        conn.close()
-
-
 def make_plan(
     source: ConnectionParams,
     destinations: dict[str, tuple[ConnectionParams, DestinationSpec]] | None = None,

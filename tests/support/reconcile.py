@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from cupid_airflow.core.compare import DestinationSpec
 from cupid_airflow.core.reconcile import CHECKPOINT_TABLE, ReconcileRun, ReconcileSettings
-from cupid_airflow.core.sql import ConnectionParams, connect
+from cupid_airflow.core.sql import connect
 from cupid_airflow.core.store import STATUSES, DeliveryStore, StoredItem
+from tests.support.database import execute, params_for, scalar
 
 if TYPE_CHECKING:
     from conftest import MariaDB
@@ -19,25 +20,6 @@ CONFIG = "rec"
 SIMPLE_SPEC = DestinationSpec("des0", "dst", "code", {"code": "code", "name": "name"})
 
 
-def params_for(mariadb: MariaDB, database: str | None) -> ConnectionParams:
-    return ConnectionParams(
-        host=mariadb.host, port=mariadb.port, user=mariadb.user, password=mariadb.password, database=database
-    )
-
-
-def execute(mariadb: MariaDB, database: str | None, *statements: str | tuple[str, Any]) -> None:
-    conn = mariadb.connect(database)
-    try:
-        cursor = conn.cursor()
-        for statement in statements:
-            if isinstance(statement, tuple):
-                cursor.execute(*statement)
-            else:
-                cursor.execute(statement)
-    finally:
-        conn.close()
-
-
 def raw_rows(mariadb: MariaDB, database: str, sql: str) -> list[dict[str, bytes | None]]:
     """Rows as cupid reads them: raw bytes, None for NULL."""
     conn = connect(params_for(mariadb, database))
@@ -46,16 +28,6 @@ def raw_rows(mariadb: MariaDB, database: str, sql: str) -> list[dict[str, bytes 
         cursor.execute(sql)
         names = [d[0].decode() if isinstance(d[0], bytes) else d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-    finally:
-        conn.close()
-
-
-def scalar(mariadb: MariaDB, database: str, sql: str) -> Any:
-    conn = mariadb.connect(database)
-    try:
-        cursor = conn.cursor()
-        cursor.execute(sql)
-        return cursor.fetchone()[0]
     finally:
         conn.close()
 

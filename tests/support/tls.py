@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
-import shutil
-import socket
 import ssl
-import subprocess
-import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from tests.support.mariadb_server import PrivateMariaDB
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -108,95 +104,9 @@ def make_pki(folder: Path) -> Pki:
     return pki
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class TlsMariaDB:
-    """A MariaDB server of its own (data dir, port, socket) with TLS on, started and stopped by pid."""
-
-    def __init__(self, pki: Pki) -> None:
-        self.base = Path(tempfile.mkdtemp(prefix="cupid-tls-mdb-"))
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        as_root = ["--user=root"] if os.geteuid() == 0 else []
-        result = subprocess.run(
-            [
-                "mariadb-install-db",
-                "--no-defaults",
-                f"--datadir={self.base / 'data'}",
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-                *as_root,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"mariadb-install-db failed: {result.stdout}\n{result.stderr}")
-        self.command = [
-            "mariadbd",
-            "--no-defaults",
-            f"--datadir={self.base / 'data'}",
-            f"--port={self.port}",
-            "--bind-address=127.0.0.1",
-            f"--socket={self.base / 'sock'}",
-            f"--pid-file={self.base / 'pid'}",
-            "--skip-log-bin",
-            "--innodb-buffer-pool-size=16M",
-            f"--log-error={self.base / 'error.log'}",
-            f"--ssl-ca={pki.ca}",
-            f"--ssl-cert={pki.server_cert}",
-            f"--ssl-key={pki.server_key}",
-            *as_root,
-        ]
-
-    def start(self) -> TlsMariaDB:
-        import MySQLdb
-
-        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                MySQLdb.connect(host="127.0.0.1", port=self.port, user="root", connect_timeout=1).close()
-                return self
-            except MySQLdb.OperationalError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    log = (self.base / "error.log").read_text(errors="replace")[-3000:]
-                    raise RuntimeError(f"private MariaDB did not start: {log}") from None
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        shutil.rmtree(self.base, ignore_errors=True)
-
-    def execute(self, *statements: str, database: str | None = None) -> None:
-        import MySQLdb
-
-        conn = MySQLdb.connect(
-            host="127.0.0.1",
-            port=self.port,
-            user="root",
-            autocommit=True,
-            charset="utf8mb4",
-            **({"database": database} if database else {}),
-        )
-        try:
-            cursor = conn.cursor()
-            for statement in statements:
-                cursor.execute(statement)
-        finally:
-            conn.close()
+def private_tls_mariadb(pki: Pki) -> PrivateMariaDB:
+    """A private MariaDB (not started yet) with TLS on, its certificates from ``pki``."""
+    return PrivateMariaDB([f"--ssl-ca={pki.ca}", f"--ssl-cert={pki.server_cert}", f"--ssl-key={pki.server_key}"])
 
 
 @dataclass
