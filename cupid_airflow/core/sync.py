@@ -464,8 +464,6 @@ class SyncRun:
     def _flush(self) -> None:
         """Record buffered detections in one transaction (cursors are saved only after this)."""
         if self._unrecorded:
-            for state in self.states.values():  # DELIBERATE REGRESSION: the cursor moves before the flush
-                self.cursors.save(state.name, state.cursor)
             self.recorded += self.store.record(self._unrecorded)
             self._unrecorded = []
 
