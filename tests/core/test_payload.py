@@ -228,6 +228,9 @@ def test_the_key_names_the_body_and_the_item() -> None:
 # Persisted formats: a change to any of these values is a migration of every store (see docs/architecture.md).
 def test_row_version_known_value() -> None:
     assert row_version({"id": b"7", "name": "Zoë".encode(), "note": None}) == "6692cb522e5478276fd75ec05e22fcdf89dca0f4"
+    # a column name's case and an empty value count too
+    mixed = {"id": b"7", "name": "Zoë".encode(), "note": None, "Avatar": b""}
+    assert row_version(mixed) == "134d62b1c5c48e05f8213a7db65375f8b3876774"
 
 
 def test_idempotency_key_known_value() -> None:
