@@ -46,7 +46,7 @@ def row_version(row: Mapping[str, bytes | None]) -> str:
     parts: list[bytes] = []
     for name in sorted(row):
         value = row[name]
-        parts.append(_framed(name.lower().encode("utf-8")))  # DELIBERATE REGRESSION: names folded to lower case
+        parts.append(_framed(name.encode("utf-8")))
         parts.append(_NULL_MARK if value is None else _VALUE_MARK + _framed(value))
     return hashlib.sha1(b"".join(parts), usedforsecurity=False).hexdigest()
 
