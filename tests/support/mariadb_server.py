@@ -60,7 +60,6 @@ class PrivateMariaDB:
             f"--pid-file={self.base / 'pid'}",
             "--skip-log-bin",
             "--innodb-buffer-pool-size=16M",
-            "--no-such-option-deliberate-regression",
             f"--log-error={self.base / 'error.log'}",
             *options,
             *as_root,
