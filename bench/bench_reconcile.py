@@ -290,6 +290,10 @@ def main() -> int:
     medians = {}
     for key in sorted({k for r in runs for k, v in r.items() if isinstance(v, float)}):
         values = [r[key] for r in runs if isinstance(r.get(key), float)]
+        if len(values) < len(runs):  # a failed run is not left out of a median: the figure has none
+            print(f"{key}: {len(runs) - len(values)} of {len(runs)} runs failed, no median")
+            all_exact = False
+            continue
         medians[key] = statistics.median(values)
     print(f"medians of {len(runs)} runs: " + ", ".join(f"{k} {v:.2f}" for k, v in medians.items()))
     print(json.dumps({"rows": args.rows, "runs": runs, "medians": medians}))
