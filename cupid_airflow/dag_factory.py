@@ -22,6 +22,8 @@ from cupid_airflow.cursors import cursor_variable_key
 if TYPE_CHECKING:
     from airflow.sdk import DAG
 
+    from cupid_airflow.operators import CallbackOperator
+
 log = logging.getLogger(__name__)
 
 CONFIG_FOLDER_ENV = "CUPID_CONFIG_FOLDER"
@@ -58,7 +60,6 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
     from cupid_airflow.operators import CallbackOperator, MySqlCompareOperator, MySqlReconcileOperator
 
     tags = ["cupid", f"cupid:{config.name}", *config.tags]
-    retry_delay = timedelta(seconds=config.failure_job_retry_second)
     alerts: dict[str, object] = {}
     if config.notify.on_task_failure and (config.notify.webhooks or config.notify.notifiers):
         from cupid_airflow.notify import TaskFailureAlert
@@ -94,15 +95,7 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
                 retries=0,
                 execution_timeout=_timeout(config.src.max_seconds_per_run),
             )
-            deliver = CallbackOperator(
-                task_id="deliver",
-                config_path=config.path,
-                retries=config.retries,
-                retry_delay=retry_delay,
-                trigger_rule="all_done",
-                max_seconds=DELIVER_SECONDS,
-                execution_timeout=_timeout(DELIVER_SECONDS),
-            )
+            deliver = _deliver_task(config)
             # the run fails when either task failed, so run-level alerts and dashboards see it; a skipped
             # deliver is no failure
             done = EmptyOperator(task_id="done", trigger_rule="none_failed")
@@ -157,20 +150,27 @@ def build_dags(config: CupidConfig) -> dict[str, DAG]:
             )
             # its findings go out at once (claims keep this safe beside the sync DAG's deliver), and a
             # reconcile-only config has no other DAG to deliver them
-            deliver = CallbackOperator(
-                task_id="deliver",
-                config_path=config.path,
-                retries=config.retries,
-                retry_delay=retry_delay,
-                trigger_rule="all_done",
-                max_seconds=DELIVER_SECONDS,
-                execution_timeout=_timeout(DELIVER_SECONDS),
-            )
+            deliver = _deliver_task(config)
             done = EmptyOperator(task_id="done", trigger_rule="none_failed")
             verify >> deliver >> done
             verify >> done
         dags[reconcile.dag_id] = reconcile
     return dags
+
+
+def _deliver_task(config: CupidConfig) -> CallbackOperator:
+    """The ``deliver`` task after a compare or a reconcile: it runs whatever they ended with (all_done)."""
+    from cupid_airflow.operators import CallbackOperator
+
+    return CallbackOperator(
+        task_id="deliver",
+        config_path=config.path,
+        retries=config.retries,
+        retry_delay=timedelta(seconds=config.failure_job_retry_second),
+        trigger_rule="all_done",
+        max_seconds=DELIVER_SECONDS,
+        execution_timeout=_timeout(DELIVER_SECONDS),
+    )
 
 
 def _timeout(budget_second: float) -> timedelta:
