@@ -17,7 +17,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from cupid_airflow.core.sql import ConnectionParams, LazyConnection, literal_int, quote_table
+from cupid_airflow.core.sql import ConnectionParams, LazyConnection, literal_int, multi_row_inserts, quote_table
 from cupid_airflow.core.store_rows import (
     BODY_CAP,
     DEAD,
@@ -54,6 +54,7 @@ ATTEMPT_SUFFIX = "_attempt"
 
 RETRYABLE_ERRORS = frozenset({1205, 1213})  # lock wait timeout, deadlock: the transaction is retried
 UNREACHABLE_ERRORS = frozenset({2002, 2003, 2005, 2006, 2013})  # the server, not a row, is the problem
+
 
 class StoreError(RuntimeError):
     """The delivery store cannot be used."""
@@ -126,18 +127,22 @@ class DeliveryStore(LazyConnection):
         return result
 
     def _insert(self, rows: list[tuple[Any, ...]], chunk: int) -> tuple[int, int]:
-        sql = (
+        insert = (
             f"INSERT INTO {self.table} (config, destination, key_hash, row_key, key_columns, type, origin, "
-            "source_id, differences, note, status, live) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-            "ON DUPLICATE KEY UPDATE revision = revision + 1, type = VALUES(type), origin = VALUES(origin), "
+            "source_id, differences, note, status, live) VALUES "
+        )
+        update = (
+            " ON DUPLICATE KEY UPDATE revision = revision + 1, type = VALUES(type), origin = VALUES(origin), "
             "source_id = VALUES(source_id), differences = VALUES(differences), note = VALUES(note), "
             "last_detected_at = NOW(6), updated_at = NOW(6)"
         )
-        cursor = self.conn.cursor()
+        conn = self.conn
+        cursor = conn.cursor()
         affected = 0
         for start in range(0, len(rows), chunk):
-            cursor.executemany(sql, rows[start : start + chunk])
-            affected += max(0, int(cursor.rowcount))
+            for statement in multi_row_inserts(conn, insert, rows[start : start + chunk], update):
+                cursor.execute(statement)
+                affected += max(0, int(cursor.rowcount))
         # MySQL counts 1 per inserted row and 2 per updated one
         superseded = max(0, affected - len(rows))
         return len(rows) - superseded, superseded
@@ -300,14 +305,14 @@ class DeliveryStore(LazyConnection):
         )
 
         def write() -> int:
-            cursor = self.conn.cursor()
-            # only plain placeholders in VALUES: mysqlclient then sends one multi-row INSERT, not one per row
-            cursor.executemany(
+            conn = self.conn
+            cursor = conn.cursor()
+            insert = (
                 f"INSERT INTO {self.attempt_table} (item_id, flush, ok, type, idempotency_key, version, "
-                "http_status, error, retry_after_ms, body, body_cut, elapsed_ms) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                rows,
+                "http_status, error, retry_after_ms, body, body_cut, elapsed_ms) VALUES "
             )
+            for statement in multi_row_inserts(conn, insert, rows):
+                cursor.execute(statement)
             cursor.execute(
                 f"UPDATE {join} SET d.status = 'delivered', d.live = NULL, d.delivered_at = NOW(6), {answer} "
                 "WHERE d.claim_token = %s AND a.ok = 1 AND d.revision = d.claim_revision",
