@@ -10,10 +10,11 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from cupid_airflow.core.store import DeliveryStore
 from cupid_airflow.core.sync import MemoryCursorStore
 from tests.support.database import execute, params_for
 from tests.support.reconcile import (
@@ -29,8 +30,6 @@ from tests.support.reconcile import (
 
 if TYPE_CHECKING:
     from conftest import MariaDB
-
-    from cupid_airflow.core.store import DeliveryStore
 
 pytestmark = pytest.mark.integration
 
@@ -253,3 +252,43 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(
         ("des0", b"k30000", 2),
         ("des0", b"k45000", 2),
     }
+
+
+class FailingStore(DeliveryStore):
+    """A delivery store whose ``fail_at``-th recording raises (the state database refused it)."""
+
+    def __init__(self, params: Any, fail_at: int) -> None:
+        super().__init__(params)
+        self.fail_at = fail_at
+        self.recordings = 0
+
+    def record(self, detections: Any, chunk: int = 500) -> Any:
+        self.recordings += 1
+        if self.recordings == self.fail_at:
+            raise ConnectionError("the state database refused this recording")
+        return super().record(detections, chunk)
+
+
+@pytest.mark.parametrize("fail_at", [1, 2, 3])
+def test_a_recording_that_fails_never_leaves_a_checkpoint_past_its_findings(
+    fail_at: int, mariadb: MariaDB, fresh_database: str, store: DeliveryStore
+) -> None:
+    rows = 3000
+    simple_tables(mariadb, fresh_database, rows)
+    number = "CAST(SUBSTRING(code, 2) AS UNSIGNED)"
+    execute(mariadb, fresh_database, f"UPDATE dst SET name = 'stale' WHERE {number} % 10 = 0")
+    expected = {("des0", code(i), 2) for i in range(1, rows + 1) if i % 10 == 0}
+    destinations = {"des0": (fresh_database, SIMPLE_SPEC)}
+    # many compare batches, a checkpoint after each: findings are recorded while the next batch is judged
+    small = {"chunk_size": 200, "min_chunk_size": 200, "max_chunk_size": 200, "fetch_batch": 50}
+    settings = {**small, "max_compare_rows": 100, "checkpoint_second": 0.0}
+    failing = FailingStore(params_for(mariadb, fresh_database), fail_at)
+    try:
+        first = reconcile(mariadb, fresh_database, destinations, failing, **settings)["destinations"]["des0"]
+    finally:
+        failing.close()
+    assert failing.recordings >= fail_at
+    assert first["complete"] is False and "refused this recording" in first["error"]
+    again = reconcile(mariadb, fresh_database, destinations, store, **settings)["destinations"]["des0"]
+    assert again["complete"] is True and again["error"] is None, again
+    assert found(store) == expected  # the resumed verify went back to what was not recorded
