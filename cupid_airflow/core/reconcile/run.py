@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -275,11 +274,6 @@ class _Verification:
         self._findings: Findings
         self._saved_at = time.monotonic()
         self._saved_mark: tuple[Any, ...] | None = None
-        # findings are recorded on a thread of their own while the next batch is judged; a checkpoint
-        # (and the run's end) waits for them first, so no checkpoint ever passes an unrecorded finding
-        self._recorder: ThreadPoolExecutor | None = None
-        self._recording: Future[None] | None = None
-        self._recording_failed = False
 
     def run(self, deadline: float) -> None:
         if not self.checkpoints.lock(self.run_.config, self.name):
@@ -293,14 +287,11 @@ class _Verification:
             verify = self._load()
             verify.runs += 1
             budget = Budget(deadline, self.settings.max_chunks_per_run, self.outcome)
-            self._recorder = ThreadPoolExecutor(1, thread_name_prefix="cupid-reconcile-record")
             try:
                 self._phases(verify, budget)
             finally:
                 self._finish(verify)
         finally:
-            if self._recorder is not None:
-                self._recorder.shutdown(wait=True)
             self.checkpoints.unlock()
             for side in [*self.sides.values(), *self.readers.values()]:
                 side.close()
@@ -382,14 +373,8 @@ class _Verification:
         return {SOURCE: source.fold_sql(theirs), DESTINATION: destination.fold_sql(theirs)}
 
     def _record(self, verify: Verify, tally: Tally) -> None:
-        """Record a batch's findings on the recording thread, after the batch before it was recorded."""
         if not tally.findings:
             return
-        self._recorded()
-        assert self._recorder is not None
-        self._recording = self._recorder.submit(self._write, verify, tally)
-
-    def _write(self, verify: Verify, tally: Tally) -> None:
         began = time.monotonic()
         records = self._findings.records(tally.findings)
         self.checkpoints.check()  # a run that lost its lock records nothing more
@@ -397,16 +382,6 @@ class _Verification:
         self.outcome.record_second += time.monotonic() - began
         self.outcome.recorded += recorded
         verify.recorded += recorded
-
-    def _recorded(self) -> None:
-        """Wait until every finding handed to the recording thread is recorded; raise what recording raised."""
-        recording, self._recording = self._recording, None
-        if recording is not None:
-            try:
-                recording.result()
-            except BaseException:
-                self._recording_failed = True
-                raise
 
     # -- checkpoints --------------------------------------------------------------------------
     def _load(self) -> Verify:
@@ -470,9 +445,6 @@ class _Verification:
                 return
             if not force and time.monotonic() - self._saved_at < self.settings.checkpoint_second:
                 return
-        self._recorded()  # the checkpoint's position is past these findings: they are recorded first
-        with budget.lock:
-            mark = self._mark(verify)
             state, blob = verify.state_json(), verify.blob()
             summary = verify.progress()
         self.checkpoints.save_snapshot(self.run_.config, self.name, verify.started_at, state, blob)
@@ -481,16 +453,8 @@ class _Verification:
 
     def _finish(self, verify: Verify) -> None:
         outcome = self.outcome
-        try:
-            self._recorded()
-        except Exception as err:  # the position is past findings that were not recorded: keep the last checkpoint
-            log.error(
-                "destination %s: recording findings failed, resuming from the last checkpoint: %s", self.name, err
-            )
-            if outcome.error is None:
-                outcome.error = f"recording failed: {type(err).__name__}: {err}"[:1000]
         outcome.phase = verify.phase
-        outcome.complete = verify.phase == DONE and not self._recording_failed
+        outcome.complete = verify.phase == DONE
         outcome.verify_started_at = verify.started_at
         outcome.buckets = verify.buckets
         outcome.differing_buckets = None if verify.phase == CHECKSUM else verify.differing_buckets
@@ -498,9 +462,7 @@ class _Verification:
             outcome.rows[side] = progress.rows
             outcome.null_keys[side] = progress.null_keys
         try:
-            if self._recording_failed:  # the last checkpoint stays: its position is before what was not recorded
-                log.info("destination %s: the checkpoint is kept where it was", self.name)
-            elif verify.phase == DONE:
+            if verify.phase == DONE:
                 self.checkpoints.clear(self.run_.config, self.name)
             elif self._mark(verify) != self._saved_mark:
                 self.checkpoints.save(self.run_.config, self.name, verify)
