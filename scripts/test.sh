@@ -18,7 +18,7 @@ run() {
 
 run "ruff check" .venv/bin/ruff check .
 run "mypy" .venv/bin/mypy
-run "pytest" .venv/bin/pytest -q "$@"
+run "pytest" .venv/bin/pytest -q --durations=25 "$@"
 
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "test: FAILED: ${failed[*]}" >&2
