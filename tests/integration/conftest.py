@@ -2,6 +2,8 @@
 
 ``store`` (function)
     The delivery store in the test's ``fresh_database`` (where its source tables live too), closed after.
+``receiver`` (function)
+    One started callback receiver (tests/support/receivers.py), answering 204 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from cupid_airflow.core.store import DeliveryStore
 from tests.support.database import params_for
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from conftest import MariaDB
+
+    from tests.support.receivers import Receiver
 
 
 @pytest.fixture
@@ -24,3 +28,8 @@ def store(mariadb: MariaDB, fresh_database: str) -> Iterator[DeliveryStore]:
     delivery_store = DeliveryStore(params_for(mariadb, fresh_database))
     yield delivery_store
     delivery_store.close()
+
+
+@pytest.fixture
+def receiver(receivers: Callable[..., Receiver]) -> Receiver:
+    return receivers()

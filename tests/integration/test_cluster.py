@@ -14,15 +14,14 @@ import json
 import os
 import re
 import secrets
-import socket
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from tests.support.receivers import Receiver, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -37,33 +36,6 @@ ROWS = 300
 MISSING = {5, 120, 299}
 DIFFERENT = {17, 250}
 TERMINAL = {"success", "failed"}
-
-
-class Receiver:
-    """Answers every POST with 204 and keeps each body."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        bodies = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                bodies.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0))))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/cb"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
 
 
 class Cluster:
@@ -97,12 +69,6 @@ class Cluster:
         return {p.stem: int(p.read_text()) for p in (self.folder / "pids").glob("*.pid")}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def live_members(session_id: int) -> list[int]:
     """Live processes of a session (zombies are finished)."""
     out = subprocess.run(["ps", "-e", "-o", "pid=,sid=,stat="], capture_output=True, text=True, check=True).stdout
@@ -115,9 +81,9 @@ def live_members(session_id: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
-    server = Receiver()
+    server = Receiver().start()
     yield server
-    server.close()
+    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -217,11 +183,11 @@ def test_the_sync_dag_runs_on_the_celery_workers_and_delivers_every_planted_mism
     runs = wait_for_runs(cluster, dag_id, 2)
 
     assert [state for _, _, state in runs] == ["success"] * len(runs), runs
-    assert {body["key"]: body["type"] for body in receiver.bodies} == {
+    assert {body["key"]: body["type"] for body in receiver.documents()} == {
         **{f"k{i}": 1 for i in MISSING},
         **{f"k{i}": 2 for i in DIFFERENT},
     }
-    assert len(receiver.bodies) == len(MISSING) + len(DIFFERENT)
+    assert len(receiver.documents()) == len(MISSING) + len(DIFFERENT)
     tis = cluster.query(
         "SELECT run_id, task_id, state, queue, external_executor_id FROM task_instance WHERE dag_id = %s",
         dag_id,

@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -26,56 +24,17 @@ from cupid_airflow.dag_factory import build_dags
 from tests.support.database import execute
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from pathlib import Path
 
     from conftest import AirflowVariables, MariaDB
+
+    from tests.support.receivers import Receiver
 
 pytestmark = pytest.mark.integration
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-class Receiver:
-    """An HTTP server on 127.0.0.1 that answers every POST with 204 and keeps (path, JSON body)."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, dict[str, Any]]] = []
-        lock = threading.Lock()
-        received = self.received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with lock:
-                    received.append((self.path, json.loads(body)))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def keys(self, path: str) -> set[tuple[str, int]]:
-        """(key, type) of every body POSTed to ``path``."""
-        return {(body["key"], body["type"]) for p, body in self.received if p == path}
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.close()
-
-
 def source_tables(mariadb: MariaDB, database: str, rows: int, *, update_column: bool = False) -> None:
     """``src(id, code, name[, updated_at])`` with ``rows`` rows and its exact copy ``dst(code, name)``."""
     updated_at = (
@@ -117,7 +76,7 @@ def destination(name: str, dsn: str, receiver: Receiver) -> dict[str, Any]:
         "table": "dst",
         "byColumn": "code",
         "columns": {"code": "code", "name": "name"},
-        "callbackNotification": {"url": f"{receiver.url}/cb/{name}", "timeoutSecond": 5},
+        "callbackNotification": {"url": f"{receiver.origin}/cb/{name}", "timeoutSecond": 5},
     }
 
 
@@ -208,7 +167,7 @@ def test_dag_compare_fails_naming_the_unreachable_destination_while_the_healthy_
     assert recorded(mariadb, fresh_database, name) == keyset({7, 70}, "good", 1) | keyset({150}, "good", 2)
     # the deliver task still ran (trigger rule all_done) and POSTed the healthy destination's items
     assert first.get_task_instance("deliver").state == "success"
-    assert receiver.keys("/cb/good") == {("k7", 1), ("k70", 1), ("k150", 2)}
+    assert {(b["key"], b["type"]) for b in receiver.documents("/cb/good")} == {("k7", 1), ("k70", 1), ("k150", 2)}
 
     configure(go_dsn(mariadb, other_database))  # the destination is back
     second = run_dag(dag)
@@ -219,7 +178,7 @@ def test_dag_compare_fails_naming_the_unreachable_destination_while_the_healthy_
     assert recorded(mariadb, fresh_database, name) == (
         keyset({7, 70}, "good", 1) | keyset({150}, "good", 2) | keyset({8}, "flaky", 1) | keyset({80, 180}, "flaky", 2)
     )
-    assert receiver.keys("/cb/flaky") == {("k8", 1), ("k80", 2), ("k180", 2)}
+    assert {(b["key"], b["type"]) for b in receiver.documents("/cb/flaky")} == {("k8", 1), ("k80", 2), ("k180", 2)}
     assert xcom_value(second, "compare")["caughtUp"] is True
 
 
@@ -276,7 +235,7 @@ def test_dag_cursors_in_variables_survive_downtime_longer_than_the_update_window
     assert cursor["insertId"] == 34
     assert cursor["updateTimeUtc"] == summary["sourceUtc"]
     # what was POSTed: the whole source row, values as strings
-    bodies = {body["key"]: body for path, body in receiver.received if path == "/cb/des0"}
+    bodies = {body["key"]: body for body in receiver.documents("/cb/des0")}
     assert set(bodies) == {"k31", "k32", "k33", "k4", "k12"}
     assert bodies["k12"]["type"] == 2
     assert bodies["k12"]["srcColumn"]["id"] == "12"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import socket
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from threading import Thread
 from typing import TYPE_CHECKING
 
 import pytest
@@ -15,34 +13,11 @@ from cupid_airflow.core.store import DeliveryStore
 from tests.support.outbox import make_copy, make_tables, number_of, params_of, plant_items, route
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
-
     from conftest import MariaDB
 
     from tests.support.receivers import Receiver
 
 pytestmark = pytest.mark.integration
-
-
-class _Accept(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def receiver() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Accept)
-    Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/callback"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _refused_url() -> str:
@@ -53,7 +28,7 @@ def _refused_url() -> str:
 
 
 def test_open_circuit_parks_the_destinations_whole_backlog_and_only_it(
-    mariadb: MariaDB, fresh_database: str, receiver: str
+    mariadb: MariaDB, fresh_database: str, receiver: Receiver
 ) -> None:
     make_tables(mariadb, fresh_database, 63)
     make_copy(mariadb, fresh_database, "dead_copy")
@@ -65,7 +40,7 @@ def test_open_circuit_parks_the_destinations_whole_backlog_and_only_it(
         plant_items(store, "cfg", range(61, 64), "alive")
         routes = [
             route(params, "dead", _refused_url(), table="dead_copy", concurrency=1, breaker_threshold=5),
-            route(params, "alive", receiver, concurrency=1),
+            route(params, "alive", receiver.url, concurrency=1),
         ]
         outcomes = dispatch(params, "cfg", routes, DispatchSettings(batch_size=10))
 
@@ -115,7 +90,7 @@ def test_without_an_open_circuit_only_the_failed_items_are_parked(mariadb: Maria
 
 
 def test_the_failure_pool_sends_parked_items_oldest_first(
-    mariadb: MariaDB, fresh_database: str, receivers: Callable[..., Receiver]
+    mariadb: MariaDB, fresh_database: str, receiver: Receiver
 ) -> None:
     make_tables(mariadb, fresh_database, 8)
     params = params_of(mariadb, fresh_database)
@@ -125,7 +100,6 @@ def test_the_failure_pool_sends_parked_items_oldest_first(
         for i in order:
             plant_items(store, "cfg", [i])
         assert store.park("cfg", "des0") == 8
-        receiver = receivers()
         outcomes = dispatch(
             params, "cfg", [route(params, "des0", receiver.url, concurrency=1)],
             DispatchSettings(statuses=("parked",), batch_size=3, probe=True),

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -18,49 +16,19 @@ from cupid_airflow.core.config import CupidConfig, load_config
 from cupid_airflow.dag_factory import build_dags
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from pathlib import Path
 
     from conftest import MariaDB
 
+    from tests.support.receivers import Receiver
+
 pytestmark = pytest.mark.integration
 
 
-class Receiver:
-    """Answers every POST with ``status`` (204 by default) and keeps the keys it was sent."""
-
-    def __init__(self) -> None:
-        self.status = 204
-        self.keys: list[str] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-                if receiver.status < 300:
-                    receiver.keys.append(body["key"])
-                self.send_response(receiver.status)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/cb"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.close()
+def delivered(receiver: Receiver) -> list[str | None]:
+    """Keys of the callbacks the receiver answered 2xx, in the order they came."""
+    return [h.key for h in list(receiver.hits) if h.status is not None and 200 <= h.status < 300]
 
 
 def tables(mariadb: MariaDB, database: str, *, rows: int, missing: set[int]) -> None:
@@ -140,7 +108,7 @@ def test_an_idle_run_skips_deliver_without_a_try_and_ends_green(
     summary = xcom_value(run, "compare")
     assert summary["pending"] == 0
     assert summary["destinations"]["copy"]["cursorAfter"]["insertId"] == 51
-    assert receiver.keys == []
+    assert delivered(receiver) == []
 
 
 def test_a_run_with_work_delivers_and_the_next_idle_run_skips_deliver(
@@ -160,13 +128,13 @@ def test_a_run_with_work_delivers_and_the_next_idle_run_skips_deliver(
     assert states(first) == {"compare": "success", "deliver": "success", "done": "success"}
     assert first.state == "success"
     assert xcom_value(first, "compare")["pending"] == 2
-    assert sorted(receiver.keys) == ["k31", "k7"]
+    assert sorted(delivered(receiver)) == ["k31", "k7"]
 
     second = run_dag(dag)
 
     assert states(second) == {"compare": "success", "deliver": "skipped", "done": "success"}
     assert second.state == "success"
-    assert sorted(receiver.keys) == ["k31", "k7"]
+    assert sorted(delivered(receiver)) == ["k31", "k7"]
 
 
 def test_items_another_dag_recorded_are_delivered_by_a_run_whose_compare_found_nothing_new(
@@ -190,13 +158,13 @@ def test_items_another_dag_recorded_are_delivered_by_a_run_whose_compare_found_n
     # only the reconcile task (its DAG's own deliver would send k3 at once)
     reconcile = dags[config.reconcile_dag_id].partial_subset(task_ids=["reconcile"], include_upstream=False)
     assert run_dag(reconcile).state == "success"
-    assert receiver.keys == []
+    assert delivered(receiver) == []
 
     run = run_dag(sync)  # the compare records nothing new; the reconcile's item is pending
 
     assert states(run) == {"compare": "success", "deliver": "success", "done": "success"}
     assert run.state == "success"
-    assert receiver.keys == ["k3"]
+    assert delivered(receiver) == ["k3"]
 
 
 def test_a_failed_deliver_fails_the_run(
@@ -208,7 +176,7 @@ def test_a_failed_deliver_fails_the_run(
 ) -> None:
     tables(mariadb, fresh_database, rows=20, missing={3})
     config = write_config(tmp_path, mariadb, fresh_database, receiver)
-    receiver.status = 503
+    receiver.respond = lambda hit, nth: 503
 
     run = run_dag(build_dags(config)[config.sync_dag_id])
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
-import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -19,52 +17,17 @@ from tests.support.database import execute, params_for
 from tests.support.reconcile import checkpoints, found, simple_tables
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from pathlib import Path
 
     from conftest import AirflowVariables, MariaDB
+
+    from tests.support.receivers import Receiver
 
 pytestmark = pytest.mark.integration
 
 
 # -- 6. the reconcile DAG, then delivery -------------------------------------------------------------
-class Receiver:
-    """An HTTP server on 127.0.0.1 that answers every POST with 204 and keeps the JSON bodies."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, dict[str, Any]]] = []
-        lock = threading.Lock()
-        received = self.received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with lock:
-                    received.append((self.path, json.loads(body)))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.close()
-
-
 def test_reconcile_dag_records_and_delivers_its_findings(
     mariadb: MariaDB,
     fresh_database: str,
@@ -93,7 +56,7 @@ def test_reconcile_dag_records_and_delivers_its_findings(
                 "table": "dst",
                 "byColumn": "code",
                 "columns": {"code": "code", "name": "name"},
-                "callbackNotification": {"url": f"{receiver.url}/cb", "timeoutSecond": 5},
+                "callbackNotification": {"url": f"{receiver.origin}/cb", "timeoutSecond": 5},
             }
         ],
         "reconcile": {
@@ -147,7 +110,7 @@ def test_reconcile_dag_records_and_delivers_its_findings(
     sync = run_dag(dags[config.sync_dag_id])
     assert sync.get_task_instance("deliver").state == "skipped"
     assert xcom_value(sync, "compare")["recorded"] == 0
-    bodies = {body["key"]: body for path_, body in receiver.received if path_ == "/cb"}
+    bodies = {body["key"]: body for body in receiver.documents("/cb")}
     assert set(bodies) == {"k00050", "k00051", "k66666"}
     assert bodies["k00050"]["type"] == 1 and bodies["k00050"]["srcColumn"]["id"] == "50"
     assert bodies["k00051"]["differences"] == {"name": {"source": "name 51", "destination": "stale"}}
@@ -182,7 +145,7 @@ def test_a_reconcile_only_config_has_no_sync_dag_and_its_reconcile_dag_delivers_
                 "table": "dst",
                 "byColumn": "code",
                 "columns": {"code": "code", "name": "name"},
-                "callbackNotification": {"url": f"{receiver.url}/cb", "timeoutSecond": 5},
+                "callbackNotification": {"url": f"{receiver.origin}/cb", "timeoutSecond": 5},
             }
         ],
     }
@@ -205,6 +168,6 @@ def test_a_reconcile_only_config_has_no_sync_dag_and_its_reconcile_dag_delivers_
     assert dag_run.get_task_instance("reconcile").state == "success"
     assert dag_run.get_task_instance("deliver").state == "success"
     assert xcom_value(dag_run, "reconcile")["destinations"]["des0"]["complete"] is True
-    bodies = {body["key"]: body for path_, body in receiver.received if path_ == "/cb"}
+    bodies = {body["key"]: body for body in receiver.documents("/cb")}
     assert set(bodies) == {"k00010", "k00011"}
     assert bodies["k00010"]["type"] == 1 and bodies["k00011"]["type"] == 2

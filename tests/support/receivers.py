@@ -10,7 +10,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -46,6 +46,7 @@ class Hit:
     body: bytes
     at: float
     status: int | None = None
+    path: str = ""
 
 
 @dataclass
@@ -106,6 +107,7 @@ class Receiver:
                 request.headers.get(SIGNATURE_HEADER),
                 body,
                 time.monotonic(),
+                path=request.path,
             )
             nth = 1 + sum(1 for h in self.hits if h.key == hit.key)
             self.hits.append(hit)
@@ -130,7 +132,16 @@ class Receiver:
             with self._lock:
                 self.in_flight -= 1
 
+    @property
+    def origin(self) -> str:
+        """``http://127.0.0.1:<port>``: callback URLs with paths of their own (every path is answered)."""
+        return f"http://127.0.0.1:{self.port}"
+
     # -- what was received --
+    def documents(self, path: str | None = None) -> list[dict[str, Any]]:
+        """The JSON bodies received (at ``path`` only, when given), in the order they came."""
+        return [json.loads(h.body) for h in list(self.hits) if path is None or h.path == path]
+
     def ok_keys(self) -> set[str | None]:
         """Keys answered 2xx (recorded before the answer leaves)."""
         return {h.key for h in list(self.hits) if h.status is not None and 200 <= h.status < 300}
