@@ -17,6 +17,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from cupid_airflow.core.recorder import Recorder, counted
 from cupid_airflow.core.sql import ConnectionParams, LazyConnection, literal_int, multi_row_inserts, quote_table
 from cupid_airflow.core.store_rows import (
     BODY_CAP,
@@ -43,7 +44,7 @@ from cupid_airflow.core.store_rows import (
 from cupid_airflow.core.store_schema import ensure_schema
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
     from cupid_airflow.core.detection import Detection
 
@@ -127,6 +128,18 @@ class DeliveryStore(LazyConnection):
         return result
 
     def _insert(self, rows: list[tuple[Any, ...]], chunk: int) -> tuple[int, int]:
+        conn = self.conn
+        cursor = conn.cursor()
+        affected = 0
+        for start in range(0, len(rows), chunk):
+            for statement in self.insert_statements(conn, rows[start : start + chunk]):
+                cursor.execute(statement)
+                affected += max(0, int(cursor.rowcount))
+        return counted(len(rows), affected)
+
+    def insert_statements(self, conn: Any, rows: Sequence[tuple[Any, ...]]) -> Iterator[bytes]:
+        """The statements recording ``rows`` (:func:`stored_form` rows), escaped for ``conn``: a detection of a
+        key with a live item supersedes it, else it is a new item."""
         insert = (
             f"INSERT INTO {self.table} (config, destination, key_hash, row_key, key_columns, type, origin, "
             "source_id, differences, note, status, live) VALUES "
@@ -136,16 +149,11 @@ class DeliveryStore(LazyConnection):
             "source_id = VALUES(source_id), differences = VALUES(differences), note = VALUES(note), "
             "last_detected_at = NOW(6), updated_at = NOW(6)"
         )
-        conn = self.conn
-        cursor = conn.cursor()
-        affected = 0
-        for start in range(0, len(rows), chunk):
-            for statement in multi_row_inserts(conn, insert, rows[start : start + chunk], update):
-                cursor.execute(statement)
-                affected += max(0, int(cursor.rowcount))
-        # MySQL counts 1 per inserted row and 2 per updated one
-        superseded = max(0, affected - len(rows))
-        return len(rows) - superseded, superseded
+        return multi_row_inserts(conn, insert, rows, update)
+
+    def recorder(self) -> Recorder:
+        """A :class:`Recorder` of this store: the server writes one batch while the caller prepares the next."""
+        return Recorder(self)
 
     # -- claims (the delivery side) -----------------------------------------------------------
     def claim(

@@ -255,18 +255,20 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(
 
 
 class FailingStore(DeliveryStore):
-    """A delivery store whose ``fail_at``-th recording raises (the state database refused it)."""
+    """A delivery store whose server refuses every recording from the ``fail_at``-th statement on."""
 
     def __init__(self, params: Any, fail_at: int) -> None:
         super().__init__(params)
         self.fail_at = fail_at
         self.recordings = 0
 
-    def record(self, detections: Any, chunk: int = 500) -> Any:
-        self.recordings += 1
-        if self.recordings == self.fail_at:
-            raise ConnectionError("the state database refused this recording")
-        return super().record(detections, chunk)
+    def insert_statements(self, conn: Any, rows: Any) -> Any:
+        statements = list(super().insert_statements(conn, rows))
+        self.recordings += len(statements)
+        if self.recordings < self.fail_at:
+            return statements
+        refused = b"SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'the state database refused this recording'"
+        return [refused] * len(statements)
 
 
 @pytest.mark.parametrize("fail_at", [1, 2, 3])
@@ -279,8 +281,9 @@ def test_a_recording_that_fails_never_leaves_a_checkpoint_past_its_findings(
     execute(mariadb, fresh_database, f"UPDATE dst SET name = 'stale' WHERE {number} % 10 = 0")
     expected = {("des0", code(i), 2) for i in range(1, rows + 1) if i % 10 == 0}
     destinations = {"des0": (fresh_database, SIMPLE_SPEC)}
-    # many compare batches, a checkpoint after each: findings are recorded while the next batch is judged
-    small = {"chunk_size": 200, "min_chunk_size": 200, "max_chunk_size": 200, "fetch_batch": 50}
+    # many compare batches of a few findings, a checkpoint after each, written while the batch before it
+    # may still be on its way to the store
+    small = {"chunk_size": 200, "min_chunk_size": 200, "max_chunk_size": 200, "fetch_batch": 5}
     settings = {**small, "max_compare_rows": 100, "checkpoint_second": 0.0}
     failing = FailingStore(params_for(mariadb, fresh_database), fail_at)
     try:

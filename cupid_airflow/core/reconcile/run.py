@@ -31,11 +31,12 @@ from cupid_airflow.core.reconcile.walk import checksum_pass
 from cupid_airflow.core.sql import ConnectionParams, describe_error
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from cupid_airflow.core.compare import DestinationSpec
     from cupid_airflow.core.reconcile.judge import Tally
     from cupid_airflow.core.store import DeliveryStore
+    from cupid_airflow.core.store_rows import RecordOutcome
     from cupid_airflow.core.sync import CursorStore
 
 log = logging.getLogger(__name__)
@@ -274,6 +275,10 @@ class _Verification:
         self._findings: Findings
         self._saved_at = time.monotonic()
         self._saved_mark: tuple[Any, ...] | None = None
+        # the server writes a batch's findings while the next batch is judged; a checkpoint (and the run's
+        # end) waits for them first, so no checkpoint ever passes a finding that is not recorded
+        self._recorder = run.store.recorder()
+        self._recording_failed = False
 
     def run(self, deadline: float) -> None:
         if not self.checkpoints.lock(self.run_.config, self.name):
@@ -378,8 +383,20 @@ class _Verification:
         began = time.monotonic()
         records = self._findings.records(tally.findings)
         self.checkpoints.check()  # a run that lost its lock records nothing more
-        recorded = self.run_.store.record(records).new
-        self.outcome.record_second += time.monotonic() - began
+        self._recorded(verify, lambda: self._recorder.add(records), began)
+
+    def _flush(self, verify: Verify) -> None:
+        """Wait until every finding handed to the recorder is recorded; raise what recording raised."""
+        self._recorded(verify, self._recorder.flush, time.monotonic())
+
+    def _recorded(self, verify: Verify, recording: Callable[[], RecordOutcome], began: float) -> None:
+        try:
+            recorded = recording().new
+        except BaseException:
+            self._recording_failed = True
+            raise
+        finally:
+            self.outcome.record_second += time.monotonic() - began
         self.outcome.recorded += recorded
         verify.recorded += recorded
 
@@ -445,6 +462,9 @@ class _Verification:
                 return
             if not force and time.monotonic() - self._saved_at < self.settings.checkpoint_second:
                 return
+        self._flush(verify)  # the checkpoint's position is past these findings: they are recorded first
+        with budget.lock:
+            mark = self._mark(verify)
             state, blob = verify.state_json(), verify.blob()
             summary = verify.progress()
         self.checkpoints.save_snapshot(self.run_.config, self.name, verify.started_at, state, blob)
@@ -453,8 +473,17 @@ class _Verification:
 
     def _finish(self, verify: Verify) -> None:
         outcome = self.outcome
+        try:
+            if not self._recording_failed:
+                self._flush(verify)
+        except Exception as err:
+            log.error("destination %s: recording findings failed: %s", self.name, err)
+            if outcome.error is None:
+                outcome.error = f"recording failed: {type(err).__name__}: {err}"[:1000]
+        finally:
+            self._recorder.close()
         outcome.phase = verify.phase
-        outcome.complete = verify.phase == DONE
+        outcome.complete = verify.phase == DONE and not self._recording_failed
         outcome.verify_started_at = verify.started_at
         outcome.buckets = verify.buckets
         outcome.differing_buckets = None if verify.phase == CHECKSUM else verify.differing_buckets
@@ -462,7 +491,9 @@ class _Verification:
             outcome.rows[side] = progress.rows
             outcome.null_keys[side] = progress.null_keys
         try:
-            if verify.phase == DONE:
+            if self._recording_failed:  # the position may be past findings not recorded: the last checkpoint stays
+                log.info("destination %s: the checkpoint is kept where it was", self.name)
+            elif verify.phase == DONE:
                 self.checkpoints.clear(self.run_.config, self.name)
             elif self._mark(verify) != self._saved_mark:
                 self.checkpoints.save(self.run_.config, self.name, verify)
