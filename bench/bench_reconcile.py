@@ -5,8 +5,10 @@ Per run (``--repeat``), side by side on the local MariaDB:
 - the read floor: streaming both tables' mapped columns (``number, name, avatar``) to a client once;
 - cupid's reconcile of identical tables and of tables where 2%, 10% and 50% of the rows differ (half
   of them missing at the destination, half different), each in a child process whose peak RSS is
-  reported; every found row is checked against the planted ones; ``record`` is the part spent writing
-  findings into the delivery store (one item each, its body built when it is sent), ``verify`` the rest;
+  reported; every found row is checked against the planted ones; ``record`` is the time the run spent
+  handing findings to the delivery store (one item each, its body built when it is sent) and waiting for
+  the store to finish the batch before (the server writes a batch while the next is judged), ``verify``
+  the rest;
 - reladiff 0.6.0 on the same differing tables (``--reladiff-repeat`` runs, installed into its own venv
   under ``.bench/`` on first use; ``--no-reladiff`` skips it); its answer is checked against the planted
   rows, and a ratio is printed only when it is exact;
