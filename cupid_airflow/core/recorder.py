@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cupid_airflow.core.sql import connect
-from cupid_airflow.core.store_rows import RecordOutcome, stored_form
+from cupid_airflow.core.store_rows import RecordOutcome, recorded, stored_form
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -17,13 +17,6 @@ if TYPE_CHECKING:
     from cupid_airflow.core.store import DeliveryStore
 
 log = logging.getLogger(__name__)
-
-
-def counted(rows: int, affected: int) -> tuple[int, int]:
-    """New and superseded items of an ``INSERT … ON DUPLICATE KEY UPDATE`` of ``rows`` rows: MySQL counts 1 per
-    inserted row and 2 per updated one."""
-    superseded = max(0, affected - rows)
-    return rows - superseded, superseded
 
 
 @dataclass
@@ -35,9 +28,7 @@ class _Batch:
     answered: int = 0
 
     def confirmed(self) -> RecordOutcome:
-        new, superseded = counted(len(self.kinds), self.affected)
-        dead = self.kinds.count("dead")
-        return RecordOutcome(max(0, new - dead), superseded, self.kinds.count("reduced"), dead)
+        return recorded(self.kinds, self.affected)
 
 
 class Recorder:

@@ -17,7 +17,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from cupid_airflow.core.recorder import Recorder, counted
+from cupid_airflow.core.recorder import Recorder
 from cupid_airflow.core.sql import ConnectionParams, LazyConnection, literal_int, multi_row_inserts, quote_table
 from cupid_airflow.core.store_rows import (
     BODY_CAP,
@@ -37,6 +37,8 @@ from cupid_airflow.core.store_rows import (
     ClaimedItem,
     RecordOutcome,
     StoredItem,
+    counted,
+    recorded,
     split_columns,
     stored_form,
     stored_item,
@@ -93,10 +95,8 @@ class DeliveryStore(LazyConnection):
             return RecordOutcome()
         rows = [stored_form(d) for d in detections]
         try:
-            new, superseded = self._transaction(lambda: self._insert([r for r, _ in rows], chunk))
-            reduced = sum(1 for _, kind in rows if kind == "reduced")
-            dead = sum(1 for _, kind in rows if kind == "dead")
-            return RecordOutcome(max(0, new - dead), superseded, reduced, dead)
+            affected = self._transaction(lambda: self._insert([r for r, _ in rows], chunk))
+            return recorded([kind for _, kind in rows], affected)
         except Exception as err:
             if _code(err) in UNREACHABLE_ERRORS:
                 raise
@@ -124,10 +124,10 @@ class DeliveryStore(LazyConnection):
         return RecordOutcome(new, superseded, reduced, dead)
 
     def _insert_one(self, row: tuple[Any, ...]) -> tuple[int, int]:
-        result: tuple[int, int] = self._transaction(lambda: self._insert([row], 1))
-        return result
+        return counted(1, self._transaction(lambda: self._insert([row], 1)))
 
-    def _insert(self, rows: list[tuple[Any, ...]], chunk: int) -> tuple[int, int]:
+    def _insert(self, rows: list[tuple[Any, ...]], chunk: int) -> int:
+        """The rows the server says the statements recording ``rows`` affected."""
         conn = self.conn
         cursor = conn.cursor()
         affected = 0
@@ -135,7 +135,7 @@ class DeliveryStore(LazyConnection):
             for statement in self.insert_statements(conn, rows[start : start + chunk]):
                 cursor.execute(statement)
                 affected += max(0, int(cursor.rowcount))
-        return counted(len(rows), affected)
+        return affected
 
     def insert_statements(self, conn: Any, rows: Sequence[tuple[Any, ...]]) -> Iterator[bytes]:
         """The statements recording ``rows`` (:func:`stored_form` rows), escaped for ``conn``: a detection of a

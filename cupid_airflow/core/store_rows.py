@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cupid_airflow.core.detection import Detection, differences_json, key_hash
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 PENDING = "pending"
 PARKED = "parked"
@@ -49,6 +52,20 @@ class RecordOutcome:
             self.reduced + other.reduced,
             self.dead + other.dead,
         )
+
+
+def counted(rows: int, affected: int) -> tuple[int, int]:
+    """New and superseded items of an ``INSERT … ON DUPLICATE KEY UPDATE`` of ``rows`` rows: MySQL counts 1 per
+    inserted row and 2 per updated one."""
+    superseded = max(0, affected - rows)
+    return rows - superseded, superseded
+
+
+def recorded(kinds: Sequence[str], affected: int) -> RecordOutcome:
+    """What recording rows of these kinds (:func:`stored_form`'s) came to, by the rows the server affected."""
+    new, superseded = counted(len(kinds), affected)
+    dead = kinds.count("dead")
+    return RecordOutcome(max(0, new - dead), superseded, kinds.count("reduced"), dead)
 
 
 @dataclass(frozen=True)
