@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from cupid_airflow.core.sql import connect
+from cupid_airflow.core.sql import LazyConnection
 from cupid_airflow.core.store_rows import RecordOutcome, recorded, stored_form
 
 if TYPE_CHECKING:
@@ -48,7 +47,8 @@ class Recorder:
 
     def __init__(self, store: DeliveryStore) -> None:
         self.store = store
-        self._conn: Any = None
+        self._link = LazyConnection(store.params)  # autocommit: each statement commits on its own
+        self._link.SESSION_SQL = store.SESSION_SQL
         self._batches: list[_Batch] = []  # sent, not all answered; the first one's statement is in flight
         self._in_flight = False
 
@@ -61,7 +61,7 @@ class Recorder:
         batch = _Batch(detections, [kind for _, kind in rows])
         self._batches.append(batch)
         try:
-            conn = self._connection()
+            conn = self._link.conn
             statements = list(self.store.insert_statements(conn, [r for r, _ in rows]))
             batch.statements = len(statements)
             for statement in statements:
@@ -85,24 +85,12 @@ class Recorder:
         self._batches = []
         self._drop()
 
-    def _connection(self) -> Any:
-        if self._conn is None:
-            conn = connect(self.store.params)  # autocommit: each statement commits on its own
-            try:
-                for statement in self.store.SESSION_SQL:
-                    conn.query(statement)
-            except Exception:
-                conn.close()
-                raise
-            self._conn = conn
-        return self._conn
-
     def _answer(self) -> RecordOutcome:
         """Read the answer of the statement in flight, if any."""
         if not self._in_flight:
             return RecordOutcome()
         self._in_flight = False
-        conn = self._conn
+        conn = self._link.conn
         conn.read_query_result()
         batch = self._batches[0]
         batch.affected += max(0, int(conn.affected_rows()))
@@ -124,7 +112,4 @@ class Recorder:
 
     def _drop(self) -> None:
         self._in_flight = False
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
+        self._link.close()

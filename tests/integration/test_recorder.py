@@ -59,7 +59,7 @@ def test_a_connection_killed_with_a_batch_in_flight_loses_nothing(
     other = connect(params_for(mariadb, fresh_database))
     other.cursor().execute(f"LOCK TABLES {store.table} WRITE")  # the next batch waits on the server
     recorder.add(batch(2000, 2000))
-    other.cursor().execute(f"KILL CONNECTION {recorder._conn.thread_id()}")
+    other.cursor().execute(f"KILL CONNECTION {recorder._link.conn.thread_id()}")
     other.cursor().execute("UNLOCK TABLES")
     other.close()
     counted = recorder.flush()  # its answer never comes: the batch goes through the store
