@@ -15,7 +15,8 @@ Per run (``--repeat``), side by side on the local MariaDB:
 - with ``--ten-million``: the floor and cupid's reconcile of two identical 10,000,000-row tables.
 
 Each figure's median is the median of that figure over the runs (``statistics.median``; with two runs,
-their mean). The machine is shared: figures move with its load, which is printed with them.
+their mean). The machine is shared: figures move with its load, which is printed with them. Each
+measurement starts once InnoDB has written back the previous run's dirty pages (:func:`settle`).
 
     .venv/bin/python bench/bench_reconcile.py --repeat 3 --ten-million
 """
@@ -177,6 +178,31 @@ def reladiff(pair: tuple[str, str], timeout: float, threads: int) -> tuple[float
     return elapsed, first - second, first & second, second - first
 
 
+def settle(limit_second: float = 120.0, dirty_share: float = 0.1) -> float:
+    """Wait (at most ``limit_second``) until InnoDB has written most dirty pages back; the seconds waited.
+
+    A run that recorded 500,000 items leaves most of a small buffer pool dirty; until the server has written
+    it back, whatever runs next reads the tables more slowly (up to 8x seen on the checksum pass), so each
+    measurement starts on a settled server.
+    """
+    started = time.monotonic()
+    conn = connect(_params())
+    try:
+        cursor = conn.cursor()
+        while time.monotonic() - started < limit_second:
+            cursor.execute(
+                "SHOW GLOBAL STATUS WHERE Variable_name IN "
+                "('Innodb_buffer_pool_pages_dirty', 'Innodb_buffer_pool_pages_total')"
+            )
+            status = {name.decode(): int(value) for name, value in cursor.fetchall()}
+            if status["Innodb_buffer_pool_pages_dirty"] <= dirty_share * status["Innodb_buffer_pool_pages_total"]:
+                break
+            time.sleep(0.5)
+    finally:
+        conn.close()
+    return time.monotonic() - started
+
+
 def load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -218,9 +244,11 @@ def main() -> int:
     runs: list[dict[str, Any]] = []
     all_exact = True
     for n in range(1, args.repeat + 1):
+        waited = settle()
         run: dict[str, Any] = {"load": load(), "floor": floor(pairs[chosen[0][0]])}
-        print(f"run {n} (load {run['load']}): floor {run['floor']:.2f} s", flush=True)
+        print(f"run {n} (load {run['load']}, settled {waited:.1f} s): floor {run['floor']:.2f} s", flush=True)
         for name, _, _ in chosen:
+            waited = settle()
             result = reconcile(pairs[name])
             expected = {(1, i) for i in planted[name].missing} | {(2, i) for i in planted[name].different}
             exact = set(result["found"]) == expected and len(result["found"]) == len(expected)
@@ -239,11 +267,13 @@ def main() -> int:
                 f"; {summary['differingBuckets']} of {summary['buckets']} buckets differ, rows compared "
                 f"{summary['rowsCompared']['source']:,}+{summary['rowsCompared']['destination']:,}; planted "
                 f"{len(expected):,}, found {len(result['found']):,}: {'EXACT' if exact else 'MISMATCH'}"
-                f"; peak RSS {result['peak_rss_mb']:.0f} MB (load {load()})",
+                f"; peak RSS {result['peak_rss_mb']:.0f} MB (load {load()}, settled {waited:.1f} s before)",
                 flush=True,
             )
         if big:
+            settle()
             run["floor 10M"] = floor(big)
+            settle()
             result = reconcile(big)
             exact = not result["found"]
             all_exact = all_exact and exact
